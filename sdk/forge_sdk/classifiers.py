@@ -1,0 +1,80 @@
+"""The classifier interface (SDD §5.3): map a query to the expert that should answer it."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from msgspec import Struct
+
+from forge_sdk.experts import ExpertModel
+
+__all__ = ["Classification", "Classifier"]
+
+
+class Classification(Struct):
+    """A routing decision."""
+
+    expert: str
+    """Name of the chosen expert."""
+    confidence: float
+    """How sure the classifier is, in [0, 1]."""
+    reason: str = ""
+    """Short human-readable why (e.g. ``keyword:integral``, ``neural:0.93``, ``default``)."""
+
+
+class Classifier(abc.ABC):
+    """Base of every classifier; plugins subclass it and register the class.
+
+    Subclasses set ``name`` and implement :meth:`classify_with_confidence`. The gateway builds
+    one with the current experts and the ``[router]`` options from its config, and calls
+    :meth:`update_experts` when the registry changes. Classification runs off the event loop,
+    so it may be CPU-bound but should be fast (well under a millisecond for rules).
+
+    Args:
+        experts: the experts that can be chosen.
+        default_expert: the expert to use when nothing matches.
+        **options: classifier-specific options from the config file.
+    """
+
+    name: ClassVar[str]
+
+    def __init__(self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any) -> None:
+        self.default_expert = default_expert
+        self.options = options
+        self.experts: dict[str, ExpertModel] = {}
+        self.update_experts(experts)
+
+    def update_experts(self, experts: Sequence[ExpertModel]) -> None:
+        """Replace the set of experts that may be chosen."""
+        self.experts = {e.name: e for e in experts}
+
+    @abc.abstractmethod
+    def classify_with_confidence(self, query: str) -> Classification:
+        """Choose an expert for ``query`` and say how sure the choice is."""
+
+    def classify(self, query: str) -> str:
+        """The name of the expert for ``query`` (SDD interface)."""
+        return self.classify_with_confidence(query).expert
+
+    def get_endpoint(self, name: str) -> str:
+        """Where expert ``name`` is served: its remote endpoint, or ``local`` (SDD interface)."""
+        expert = self.experts.get(name)
+        if expert is None:
+            return ""
+        return expert.endpoint or "local"
+
+    def expert_for_label(self, label: str) -> str:
+        """Map a predicted specialization label to a registered expert name.
+
+        An expert named like the label wins; otherwise the first expert with that
+        specialization (a third-party ``mathexpert`` with specialization ``math`` serves
+        ``math`` when no expert is called ``math``... unless one is). Falls back to the default.
+        """
+        if label in self.experts:
+            return label
+        for expert in self.experts.values():
+            if expert.specialization == label:
+                return expert.name
+        return self.default_expert

@@ -1,0 +1,254 @@
+"""Expert models and the on-disk expert registry (SDD §5.5, §6.1.2).
+
+The registry file is JSON ``{"experts": [...]}``. Writes are atomic (temp file in the same
+folder, fsync, ``os.replace``) so a crash never leaves a half-written registry; a running gateway
+watches the file's mtime and picks changes up without a restart.
+
+An expert is served one of three ways, decided by its fields:
+
+* ``adapter_path`` set: a LoRA adapter on the gateway's base model (in-process engine).
+* ``endpoint`` set: a remote OpenAI-compatible upstream.
+* ``model_path`` set: a standalone (merged / quantized) model on its own engine.
+* none of them: the base model itself under another name (e.g. ``general``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+from forge_sdk.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_EXPERTS",
+    "ExpertModel",
+    "ExpertRegistry",
+    "create_default_registry",
+]
+
+_NAME = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")]
+
+
+class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    """One specialist the gateway can serve (SDD §5.5 ``ExpertModel``)."""
+
+    name: _NAME
+    """Unique name; what clients put in ``model``."""
+    base_model: str = ""
+    """Base model id or path the expert was trained from."""
+    adapter_path: str | None = None
+    """LoRA adapter folder (PEFT format) served on the base model."""
+    model_path: str | None = None
+    """Standalone model folder (merged or quantized) served on its own engine."""
+    endpoint: str | None = None
+    """Base URL of a remote OpenAI-compatible server (e.g. ``http://host:8000/v1``)."""
+    upstream_model: str | None = None
+    """Model name to send upstream (defaults to ``name``)."""
+    api_key_env: str | None = None
+    """Env var holding the upstream's API key (never the key itself)."""
+    timeout: Annotated[float, Meta(gt=0)] = 60.0
+    """Per-request timeout for a remote upstream, seconds."""
+    max_retries: Annotated[int, Meta(ge=0, le=10)] = 3
+    """Retries for a remote upstream on connect errors / timeouts (SDD §9.3)."""
+    description: str = ""
+    """What the expert is good at."""
+    specialization: str = "general"
+    """Domain label (``code``, ``math``, ...) that classifiers predict."""
+    keywords: list[str] = field(default_factory=list)
+    """Whole words that point a query at this expert (keyword classifier)."""
+    trained_on: str | None = None
+    """Dataset the expert was trained on."""
+    training_steps: int | None = None
+    """Optimizer steps of its training run."""
+    quantization: Literal["awq", "gptq", "fp8", "bitsandbytes"] | None = None
+    """Quantization of ``model_path`` (passed to the engine)."""
+    port: int | None = None
+    """Legacy SDD field: port of a per-expert server; prefer ``endpoint``."""
+
+    @property
+    def kind(self) -> Literal["adapter", "remote", "standalone", "base"]:
+        """How the expert is served."""
+        if self.endpoint:
+            return "remote"
+        if self.adapter_path:
+            return "adapter"
+        if self.model_path:
+            return "standalone"
+        return "base"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form (what the registry file stores)."""
+        return msgspec.to_builtins(self)  # type: ignore[no-any-return]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ExpertModel:
+        """Validate a dict into an expert.
+
+        Raises:
+            ConfigurationError: a field is missing, unknown or of the wrong type.
+        """
+        try:
+            return msgspec.convert(data, cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"invalid expert {data.get('name', '?')!r}: {exc}") from exc
+
+
+class _RegistryFile(Struct, forbid_unknown_fields=True):
+    experts: list[ExpertModel] = field(default_factory=list)
+
+
+DEFAULT_EXPERTS: list[ExpertModel] = [
+    ExpertModel(
+        name="general",
+        specialization="general",
+        description="General assistant for everyday questions.",
+        keywords=[],
+    ),
+    ExpertModel(
+        name="code",
+        specialization="code",
+        description="Programming: writing, explaining and fixing code.",
+        keywords=["python", "javascript", "code", "function", "bug", "compile", "sql", "regex",
+                  "api", "class", "script", "programming", "debug", "java", "rust", "typescript"],
+    ),
+    ExpertModel(
+        name="math",
+        specialization="math",
+        description="Mathematics: arithmetic, algebra, calculus, word problems and proofs.",
+        keywords=["math", "equation", "solve", "integral", "derivative", "calculate", "algebra",
+                  "probability", "theorem", "prove", "sum", "percent", "geometry"],
+    ),
+    ExpertModel(
+        name="writing",
+        specialization="writing",
+        description="Creative and professional writing: stories, essays, letters, poems.",
+        keywords=["story", "poem", "essay", "write", "letter", "blog", "novel", "character",
+                  "narrative", "screenplay", "article"],
+    ),
+]
+
+
+class ExpertRegistry:
+    """A named set of experts, optionally backed by a JSON file (SDD §5.5 ``ExpertRegistry``).
+
+    Thread-safe; every mutation of a file-backed registry is saved atomically.
+    """
+
+    def __init__(self, config_path: str | Path | None = None) -> None:
+        self.experts: dict[str, ExpertModel] = {}
+        self.config_path = Path(config_path) if config_path else None
+        self._lock = threading.RLock()
+        if self.config_path and self.config_path.exists():
+            self.load()
+
+    def register(self, expert: ExpertModel, *, save: bool = True) -> None:
+        """Add or replace an expert (saved when the registry has a file)."""
+        with self._lock:
+            self.experts[expert.name] = expert
+            if save and self.config_path:
+                self.save()
+
+    def unregister(self, name: str, *, save: bool = True) -> None:
+        """Remove an expert.
+
+        Raises:
+            KeyError: no expert of that name.
+        """
+        with self._lock:
+            if name not in self.experts:
+                raise KeyError(name)
+            del self.experts[name]
+            if save and self.config_path:
+                self.save()
+
+    def get(self, name: str) -> ExpertModel | None:
+        """The expert called ``name``, or None."""
+        return self.experts.get(name)
+
+    def list(self) -> list[ExpertModel]:
+        """All experts, in registration order."""
+        return list(self.experts.values())
+
+    def find_by_keyword(self, keyword: str) -> list[ExpertModel]:
+        """Experts whose keywords contain ``keyword`` as a whole word (case-insensitive)."""
+        pattern = re.compile(rf"\b{re.escape(keyword.lower())}\b")
+        return [e for e in self.experts.values() if any(pattern.search(k.lower()) for k in e.keywords)]
+
+    def find_by_specialization(self, spec: str) -> list[ExpertModel]:
+        """Experts whose specialization equals ``spec`` (case-insensitive)."""
+        return [e for e in self.experts.values() if e.specialization.lower() == spec.lower()]
+
+    def save(self, path: str | Path | None = None) -> None:
+        """Write the registry atomically to ``path`` (default: its own file).
+
+        Raises:
+            ConfigurationError: no path given and the registry has no file.
+        """
+        target = Path(path) if path else self.config_path
+        if target is None:
+            raise ConfigurationError("registry has no file; pass a path to save()")
+        with self._lock:
+            data = msgspec.json.format(msgspec.json.encode(_RegistryFile(self.list())), indent=2)
+        _atomic_write(target, data + b"\n")
+
+    def load(self, path: str | Path | None = None) -> None:
+        """Replace the experts with those in ``path`` (default: its own file).
+
+        Raises:
+            ConfigurationError: the file is missing, not JSON, or holds an invalid expert.
+        """
+        source = Path(path) if path else self.config_path
+        if source is None:
+            raise ConfigurationError("registry has no file; pass a path to load()")
+        try:
+            raw = source.read_bytes()
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read expert registry {source}: {exc}") from exc
+        try:
+            parsed = msgspec.json.decode(raw, type=_RegistryFile)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ConfigurationError(f"invalid expert registry {source}: {exc}") from exc
+        names = [e.name for e in parsed.experts]
+        if len(names) != len(set(names)):
+            raise ConfigurationError(f"invalid expert registry {source}: duplicate expert names")
+        with self._lock:
+            self.experts = {e.name: e for e in parsed.experts}
+
+    def mtime(self) -> float | None:
+        """Modification time of the backing file, or None."""
+        try:
+            return self.config_path.stat().st_mtime if self.config_path else None
+        except OSError:
+            return None
+
+
+def _atomic_write(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def create_default_registry(path: str | Path | None = None) -> ExpertRegistry:
+    """A registry holding general/code/math/writing (saved to ``path`` if given and new)."""
+    registry = ExpertRegistry(path)
+    if not registry.experts:
+        for expert in DEFAULT_EXPERTS:
+            registry.register(expert, save=False)
+        if registry.config_path:
+            registry.save()
+    return registry
