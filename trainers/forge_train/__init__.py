@@ -1,0 +1,1 @@
+"""forge-train: training methods for LargeForge experts."""

@@ -1,0 +1,1 @@
+"""Deploy: merge LoRA adapters and quantize models."""
