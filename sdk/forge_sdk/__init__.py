@@ -31,4 +31,5 @@ __all__ = [
     "create_default_registry",
     "get_plugin_manager",
     "hookimpl",
+    "list_plugins",
 ]

@@ -34,6 +34,7 @@ class TrainingMethod(abc.ABC):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Add this method's flags to its subcommand parser."""
+        return None
 
     @abc.abstractmethod
     def run(self, args: argparse.Namespace) -> TrainingResult:

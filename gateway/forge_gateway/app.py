@@ -1,0 +1,69 @@
+"""Build the Litestar application around a :class:`Gateway`."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pluggy
+from litestar import Litestar
+from litestar.di import Provide
+from litestar.openapi import OpenAPIConfig
+
+from forge_gateway.api_openai import openai_routes
+from forge_gateway.api_sdd import sdd_routes
+from forge_gateway.config import GatewayConfig
+from forge_gateway.engines.base import Engine
+from forge_gateway.errors import exception_handlers
+from forge_gateway.state import Gateway
+from forge_sdk.plugins import get_plugin_manager
+
+__all__ = ["create_app"]
+
+
+def create_app(config: GatewayConfig, *, engine: Engine | None = None,
+               pm: pluggy.PluginManager | None = None) -> Litestar:
+    """The gateway as an ASGI app; the engine starts with the app and stops with it.
+
+    Args:
+        config: validated config.
+        engine: engine to serve with (default: built from ``config.engine``).
+        pm: plugin manager (default: a fresh one over installed plugins).
+    """
+    if engine is None:
+        from forge_gateway.engines import create_engine
+
+        engine = create_engine(config.engine.kind, config.model, **engine_options(config))
+    gateway = Gateway(config, engine, pm or get_plugin_manager())
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    app = Litestar(
+        route_handlers=[*openai_routes, *sdd_routes],
+        dependencies={"gateway": Provide(lambda: gateway, use_cache=True, sync_to_thread=False)},
+        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        request_max_body_size=config.limits.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="LargeForge gateway", version="0.1.0", path="/openapi"),
+        debug=False,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+def engine_options(config: GatewayConfig) -> dict[str, object]:
+    """Engine keyword arguments from the config's ``[engine]`` section."""
+    e = config.engine
+    options: dict[str, object] = {"max_model_len": e.max_model_len, "enable_lora": e.enable_lora, "dtype": e.dtype}
+    if e.kind in ("vllm", "auto"):
+        options.update(max_loras=e.max_loras, max_lora_rank=e.max_lora_rank, quantization=e.quantization,
+                       gpu_memory_utilization=e.gpu_memory_utilization, max_num_seqs=e.max_batch_size)
+    if e.kind == "transformers":
+        options["max_batch_size"] = e.max_batch_size
+    return options

@@ -1,0 +1,131 @@
+"""``forge-gateway``: serve models, list plugins, build the tiny offline model.
+
+Errors the user can fix print one line ``forge-gateway: error: ...`` and exit 2; never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from forge_sdk.errors import ConfigurationError, LargeForgeAIError
+
+__all__ = ["main"]
+
+_SERVE_EPILOG = """\
+Configuration comes from a TOML/YAML file (--config), then FORGE_* environment variables
+(FORGE_MODEL, FORGE_PORT, FORGE_ENGINE_KIND, FORGE_LIMITS_MAX_CONCURRENT, ...), then these flags.
+
+examples:
+  forge-gateway serve --model ./tiny-model
+  forge-gateway serve --model Qwen/Qwen2.5-0.5B-Instruct --engine vllm --registry experts.json
+  forge-gateway serve --config gateway.toml --port 9000
+"""
+
+
+def _serve_parser(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve a model and its experts over the OpenAI API",
+                       description="Serve a base model, its LoRA/remote experts and the router over an "
+                                   "OpenAI-compatible HTTP API.",
+                       epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", metavar="FILE", help="TOML or YAML config file")
+    p.add_argument("--model", help="base model: local folder or hub id (required unless in config)")
+    p.add_argument("--served-model-name", help="name clients use for the base model (default: folder name)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 8000)")
+    p.add_argument("--engine", dest="engine_kind", choices=["auto", "vllm", "transformers"],
+                   help="inference engine (default auto: vLLM if installed)")
+    p.add_argument("--max-model-len", type=int, help="context length in tokens")
+    p.add_argument("--quantization", help="checkpoint quantization passed to vLLM (awq, gptq, ...)")
+    p.add_argument("--no-lora", action="store_true", default=None, help="disable LoRA adapter experts")
+    p.add_argument("--registry", metavar="FILE", help="expert registry JSON (watched for changes)")
+    p.add_argument("--classifier", help="router classifier for model=auto (keyword, neural, hybrid)")
+    p.add_argument("--max-concurrent", type=int, help="requests generating at once (default 100)")
+    p.add_argument("--request-timeout", type=float, help="seconds per non-streaming request (default 60)")
+    p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
+    p.add_argument("--allow-open", action="store_true", default=None,
+                   help="serve without API keys even on a non-loopback address")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "model": args.model, "served_model_name": args.served_model_name, "host": args.host,
+        "port": args.port, "registry": args.registry, "log_level": args.log_level,
+        "engine": {"kind": args.engine_kind, "max_model_len": args.max_model_len,
+                   "quantization": args.quantization,
+                   "enable_lora": False if args.no_lora else None},
+        "router": {"classifier": args.classifier},
+        "limits": {"max_concurrent": args.max_concurrent, "request_timeout": args.request_timeout},
+        "auth": {"allow_open": args.allow_open},
+    }
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from forge_gateway.app import create_app
+    from forge_gateway.config import load_config
+    from forge_gateway.logs import configure_logging
+
+    config = load_config(args.config, overrides=_overrides(args))
+    configure_logging(config.log_level, json=config.log_json)
+    app = create_app(config)
+    server = uvicorn.Server(uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
+        timeout_graceful_shutdown=30, lifespan="on", log_config=None,
+    ))
+    print(f"forge-gateway: serving {config.model_name} on http://{config.host}:{config.port}", file=sys.stderr)
+    server.run()
+    return 0
+
+
+def _plugins(args: argparse.Namespace) -> int:
+    from forge_sdk.plugins import get_plugin_manager, list_plugins
+
+    print(json.dumps(list_plugins(get_plugin_manager()), indent=2))
+    return 0
+
+
+def _tiny_model(args: argparse.Namespace) -> int:
+    from forge_gateway.tiny_model import build_tiny_model
+
+    path = build_tiny_model(args.output, seed=args.seed)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forge-gateway", description="LargeForge gateway")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _serve_parser(sub)
+    sub.add_parser("plugins", help="list installed forge plugins (JSON)")
+    tiny = sub.add_parser("tiny-model", help="build a tiny random chat model for offline tests and demos")
+    tiny.add_argument("output", help="folder to write")
+    tiny.add_argument("--seed", type=int, default=0, help="weights seed")
+    return parser
+
+
+_COMMANDS = {"serve": _serve, "plugins": _plugins, "tiny-model": _tiny_model}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``forge-gateway``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigurationError as exc:
+        print(f"forge-gateway: error: {exc.message}", file=sys.stderr)
+        return 2
+    except LargeForgeAIError as exc:
+        print(f"forge-gateway: error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

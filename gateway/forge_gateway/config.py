@@ -1,0 +1,232 @@
+"""Gateway configuration: a TOML/YAML file, then ``FORGE_*`` env vars, then CLI flags.
+
+Every section is a msgspec Struct that rejects unknown keys, so a typo in the file is an error
+naming the key, not a silently ignored setting. Env vars use ``FORGE_<SECTION>_<FIELD>`` for
+nested fields (``FORGE_LIMITS_MAX_CONCURRENT=64``) and ``FORGE_<FIELD>`` for top-level ones
+(``FORGE_MODEL=./tiny``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import tomllib
+from msgspec import Meta, Struct, field
+
+from forge_sdk.errors import ConfigurationError
+
+__all__ = [
+    "AuthConfig",
+    "EngineConfig",
+    "GatewayConfig",
+    "LimitsConfig",
+    "RateLimitConfig",
+    "RouterConfig",
+    "load_config",
+]
+
+Port = Annotated[int, Meta(ge=0, le=65535)]
+Positive = Annotated[int, Meta(ge=1)]
+
+
+class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """The in-process inference engine for the base model."""
+
+    kind: Literal["auto", "vllm", "transformers"] = "auto"
+    """``auto`` uses vLLM when importable, else the transformers fallback."""
+    max_model_len: Positive | None = None
+    """Context length (default: the model's own, capped at 4096 for vLLM)."""
+    enable_lora: bool = True
+    """Serve LoRA adapter experts on the base model."""
+    max_loras: Positive = 4
+    """Adapters resident at once in one batch (vLLM ``max_loras``)."""
+    max_lora_rank: Positive = 16
+    """Largest adapter rank accepted."""
+    dtype: str = "auto"
+    """Weights dtype (``auto``, ``float16``, ``bfloat16``, ``float32``)."""
+    quantization: str | None = None
+    """Quantization of the base model checkpoint (``awq``, ``gptq``, ``compressed-tensors``...)."""
+    gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.9
+    """Fraction of GPU memory vLLM may take."""
+    max_batch_size: Positive = 32
+    """Most sequences per step (transformers engine) / ``max_num_seqs`` (vLLM)."""
+
+
+class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """How ``model: "auto"`` picks an expert."""
+
+    classifier: str = "hybrid"
+    """Registered classifier name (``keyword``, ``neural``, ``hybrid``, or a plugin's)."""
+    default_expert: str = "general"
+    """Expert used when the classifier is unsure or the chosen expert is unavailable."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Classifier-specific options (e.g. ``threshold``, ``model_dir``)."""
+
+
+class LimitsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Input and capacity limits (SDD §10.2, §11.3)."""
+
+    max_body_bytes: Positive = 4 * 1024 * 1024
+    """Largest request body accepted (413 above)."""
+    max_messages: Positive = 256
+    """Most messages in one chat request."""
+    max_tokens: Positive = 4096
+    """Upper bound for ``max_tokens`` (SDD: 4096)."""
+    default_max_tokens: Positive = 512
+    """``max_tokens`` when the request gives none (still capped by the context left)."""
+    max_concurrent: Positive = 100
+    """Requests generating at once (SDD: 100); more wait in the queue."""
+    max_queue: Annotated[int, Meta(ge=0)] = 200
+    """Requests allowed to wait for a slot; beyond that: 503."""
+    request_timeout: Annotated[float, Meta(gt=0)] = 60.0
+    """Seconds a non-streaming request may take (SDD: 60); 504 after."""
+
+
+class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """API keys."""
+
+    db_path: str = "forge-gateway.db"
+    """SQLite file holding hashed keys and the usage ledger."""
+    allow_open: bool = False
+    """Serve without keys even on a non-loopback address."""
+
+
+class RateLimitConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Per-key rate limits."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    """``redis`` shares limits across gateway replicas."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis URL for the ``redis`` backend."""
+
+
+class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Everything ``forge-gateway serve`` needs."""
+
+    model: str = ""
+    """Base model: a local folder or a hub id (required)."""
+    served_model_name: str | None = None
+    """Name clients use for the base model (default: the folder name or hub id)."""
+    host: str = "127.0.0.1"
+    """Address to listen on."""
+    port: Port = 8000
+    """Port to listen on (0: pick a free one)."""
+    registry: str | None = None
+    """Expert registry JSON file (watched for changes; default: none, only plugin experts)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log verbosity."""
+    log_json: bool = True
+    """Structured JSON logs (False: human-readable console lines)."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    router: RouterConfig = field(default_factory=RouterConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+
+    @property
+    def model_name(self) -> str:
+        """The name the base model is served under."""
+        if self.served_model_name:
+            return self.served_model_name
+        path = Path(self.model)
+        return path.name if path.exists() else self.model
+
+
+_SECTIONS = {"engine", "router", "limits", "auth", "rate_limit"}
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        if path.suffix in {".yaml", ".yml"}:
+            import yaml
+
+            data = yaml.safe_load(raw) or {}
+        elif path.suffix == ".toml":
+            data = tomllib.loads(raw.decode())
+        else:
+            raise ConfigurationError(f"config file {path} must end in .toml, .yaml or .yml")
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"config file {path} is not valid TOML: {exc}") from exc
+    except ConfigurationError:
+        raise
+    except Exception as exc:  # yaml.YAMLError without importing yaml at module top
+        raise ConfigurationError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigurationError(f"config file {path} must hold a table/mapping at the top")
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``FORGE_X`` / ``FORGE_SECTION_X`` env vars as a nested dict of strings."""
+    out: dict[str, Any] = {}
+    top_fields = set(GatewayConfig.__struct_fields__) - _SECTIONS
+    for key, value in environ.items():
+        if not key.startswith("FORGE_"):
+            continue
+        name = key[len("FORGE_"):].lower()
+        section = next((s for s in _SECTIONS if name.startswith(s + "_")), None)
+        if section:
+            out.setdefault(section, {})[name[len(section) + 1:]] = value
+        elif name in top_fields:
+            out[name] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> GatewayConfig:
+    """Build the config from a file, then env vars, then ``overrides`` (CLI flags).
+
+    Args:
+        path: TOML or YAML file, or None.
+        overrides: nested dict of values that win over file and env (None values are ignored).
+        environ: environment to read (default ``os.environ``).
+
+    Raises:
+        ConfigurationError: unreadable file, unknown key, or a value of the wrong type/range;
+            the message names the offending key.
+    """
+    data: dict[str, Any] = _read_file(Path(path)) if path else {}
+    env_data = _env_overrides(dict(os.environ if environ is None else environ))
+    data = _merge(data, env_data)
+    data = _merge(data, _drop_none(overrides or {}))
+    try:
+        # strict=False lets env strings like "64" or "true" convert to int/bool.
+        config = msgspec.convert(data, GatewayConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(f"invalid configuration: {exc}") from exc
+    if not config.model:
+        raise ConfigurationError("no model given: pass --model, set FORGE_MODEL, or put model = ... in the config file")
+    return config
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            nested = _drop_none(value)
+            if nested:
+                out[key] = nested
+        elif value is not None:
+            out[key] = value
+    return out

@@ -1,0 +1,187 @@
+"""Run one OpenAI-style request on a local engine: prompt checks, ``n`` fan-out, aggregation.
+
+Used by the OpenAI routes and the SDD ``/generate`` route alike, so both validate and count
+tokens the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+import anyio
+
+from forge_gateway.config import LimitsConfig
+from forge_gateway.engines.base import Engine, EngineOutput, EngineRequest, LoraSpec, SamplingOptions
+from forge_sdk.errors import ContextLengthExceededError, InvalidRequestError
+
+__all__ = ["Choice", "GenerationPlan", "plan_generation", "run_to_completion", "stream_outputs"]
+
+# Tokenizing a few KB inline is faster than a thread hop; bigger inputs go to a worker thread
+# so one huge prompt cannot stall every other request on the event loop.
+_INLINE_TOKENIZE_CHARS = 4096
+
+
+@dataclass(slots=True)
+class GenerationPlan:
+    """A validated request, ready for the engine."""
+
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingOptions
+    n: int
+    lora: LoraSpec | None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+
+@dataclass(slots=True)
+class Choice:
+    """One finished sequence."""
+
+    index: int
+    text: str
+    finish_reason: str
+    completion_tokens: int
+
+
+async def _run_blocking(fn, *args):  # type: ignore[no-untyped-def]
+    return await anyio.to_thread.run_sync(fn, *args)
+
+
+async def plan_generation(
+    engine: Engine,
+    *,
+    messages: Sequence[dict[str, str]] | None,
+    prompt: str | None,
+    max_tokens: int | None,
+    temperature: float,
+    top_p: float,
+    stop: str | list[str] | None,
+    seed: int | None,
+    n: int,
+    limits: LimitsConfig,
+    lora: LoraSpec | None = None,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    id_prefix: str = "chatcmpl",
+) -> GenerationPlan:
+    """Render and tokenize the prompt, then check it and ``max_tokens`` against the context.
+
+    Raises:
+        InvalidRequestError: ``max_tokens`` above the server cap, or too many messages.
+        ContextLengthExceededError: prompt plus ``max_tokens`` exceed the context.
+    """
+    if messages is not None:
+        if len(messages) > limits.max_messages:
+            raise InvalidRequestError(
+                f"too many messages: {len(messages)} > {limits.max_messages}", param="messages")
+        size = sum(len(m["content"]) for m in messages)
+        if size > _INLINE_TOKENIZE_CHARS:
+            text = await _run_blocking(engine.render_chat, messages)
+        else:
+            text = engine.render_chat(messages)
+    else:
+        text = prompt or ""
+    if len(text) > _INLINE_TOKENIZE_CHARS:
+        ids = await _run_blocking(engine.tokenize, text)
+    else:
+        ids = engine.tokenize(text)
+    if not ids:
+        raise InvalidRequestError("prompt is empty", param="prompt" if messages is None else "messages")
+    context = engine.max_model_len
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise InvalidRequestError(
+            f"max_tokens {max_tokens} is above this server's limit of {limits.max_tokens}", param="max_tokens")
+    room = context - len(ids)
+    if room < 1 or (max_tokens is not None and max_tokens > room):
+        wanted = max_tokens if max_tokens is not None else 1
+        raise ContextLengthExceededError(
+            f"This model's maximum context length is {context} tokens. However, you requested "
+            f"{len(ids) + wanted} tokens ({len(ids)} in the messages, {wanted} in the completion). "
+            "Please reduce the length of the messages or completion.",
+            param="messages" if messages is not None else "prompt",
+        )
+    if max_tokens is None:
+        max_tokens = min(room, limits.default_max_tokens)
+    stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    sampling = SamplingOptions(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stops, seed=seed,
+        presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+    )
+    return GenerationPlan(f"{id_prefix}-{uuid.uuid4().hex}", ids, sampling, n, lora)
+
+
+def _engine_request(plan: GenerationPlan, index: int) -> EngineRequest:
+    sampling = plan.sampling
+    if sampling.seed is not None and index:
+        # Different choices of one seeded request must differ, yet stay reproducible.
+        sampling = dataclasses.replace(sampling, seed=sampling.seed + index)
+    rid = plan.request_id if plan.n == 1 else f"{plan.request_id}-{index}"
+    return EngineRequest(rid, plan.prompt_token_ids, sampling, plan.lora)
+
+
+async def stream_outputs(engine: Engine, plan: GenerationPlan) -> AsyncIterator[tuple[int, EngineOutput]]:
+    """Yield ``(choice index, delta)`` from all ``n`` sequences as they arrive.
+
+    Closing this iterator early (client gone) closes every engine stream, which aborts them.
+    """
+    if plan.n == 1:
+        stream = engine.generate(_engine_request(plan, 0))
+        try:
+            async for out in stream:
+                yield 0, out
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        return
+
+    queue: asyncio.Queue[tuple[int, EngineOutput | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int) -> None:
+        stream = engine.generate(_engine_request(plan, index))
+        try:
+            async for out in stream:
+                await queue.put((index, out))
+            await queue.put((index, None))
+        except BaseException as exc:  # forwarded to the consumer, which re-raises it
+            await queue.put((index, exc))
+            raise
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+
+    tasks = [asyncio.create_task(pump(i)) for i in range(plan.n)]
+    try:
+        remaining = plan.n
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def run_to_completion(engine: Engine, plan: GenerationPlan) -> list[Choice]:
+    """Generate all ``n`` sequences and return them whole, in index order."""
+    texts: list[list[str]] = [[] for _ in range(plan.n)]
+    finish: list[str] = ["stop"] * plan.n
+    counts = [0] * plan.n
+    async for index, out in stream_outputs(engine, plan):
+        texts[index].append(out.text)
+        counts[index] = out.completion_tokens
+        if out.finish_reason:
+            finish[index] = out.finish_reason
+    return [Choice(i, "".join(texts[i]), finish[i], counts[i]) for i in range(plan.n)]

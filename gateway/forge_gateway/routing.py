@@ -1,0 +1,216 @@
+"""Which expert serves a request: the expert catalog and the resolver behind ``model``.
+
+The catalog merges experts registered by plugins (``register_experts``) with the registry file,
+which wins on a name clash and is re-read when its mtime changes, so ``forge-train --register``
+or an admin call is picked up by a running gateway. ``model`` may name the base model, an expert,
+or ``"auto"`` (the configured classifier decides).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from forge_gateway.engines.base import LoraSpec
+from forge_sdk.classifiers import Classifier
+from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, ModelNotFoundError
+from forge_sdk.experts import ExpertModel, ExpertRegistry
+
+__all__ = ["AUTO", "ExpertCatalog", "Target"]
+
+AUTO = "auto"
+log = structlog.get_logger("forge_gateway.routing")
+
+
+@dataclass(slots=True)
+class Target:
+    """Where one request goes and why."""
+
+    model: str
+    """Name echoed in the response's ``model`` field."""
+    expert: ExpertModel | None
+    """The expert, or None for the base model itself."""
+    reason: str
+    """``requested``, ``router:<classifier>:<why>``, or ``fallback:<why>``."""
+    confidence: float | None = None
+    lora: LoraSpec | None = None
+
+    @property
+    def expert_name(self) -> str:
+        return self.expert.name if self.expert else self.model
+
+
+class ExpertCatalog:
+    """The experts this gateway serves, kept in sync with the registry file.
+
+    Args:
+        base_model_name: the name the base model is served under.
+        plugin_experts: experts registered by plugins.
+        registry_path: registry JSON file to merge and watch (optional).
+        lora_enabled: whether adapter experts can be served (the engine supports LoRA).
+    """
+
+    def __init__(self, base_model_name: str, plugin_experts: list[ExpertModel], registry_path: str | None,
+                 *, lora_enabled: bool, default_expert: str = "general") -> None:
+        self.base_model_name = base_model_name
+        self.default_expert = default_expert
+        self.lora_enabled = lora_enabled
+        self._plugin_experts = {e.name: e for e in plugin_experts}
+        self.registry = ExpertRegistry(registry_path) if registry_path else None
+        self._mtime = self.registry.mtime() if self.registry else None
+        self._lora_ids: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.experts: dict[str, ExpertModel] = {}
+        self.classifier: Classifier | None = None
+        self.on_change: list[Callable[[dict[str, ExpertModel], dict[str, ExpertModel]], None]] = []
+        self._rebuild()
+        self._last_check = time.monotonic()
+
+    # --- catalog ---------------------------------------------------------------------------
+
+    def _rebuild(self) -> None:
+        experts = dict(self._plugin_experts)
+        if self.registry:
+            experts.update(self.registry.experts)
+        if self.base_model_name in experts and experts[self.base_model_name].kind != "base":
+            raise ConfigurationError(f"expert name {self.base_model_name!r} clashes with the base model name")
+        old, self.experts = self.experts, experts
+        if self.classifier is not None:
+            self.classifier.update_experts(list(experts.values()))
+        for callback in self.on_change:
+            callback(old, experts)
+
+    def refresh(self, *, force: bool = False, min_interval: float = 0.5) -> bool:
+        """Re-read the registry file if it changed; True when the catalog changed.
+
+        Cheap to call per request: it stats the file at most every ``min_interval`` seconds.
+        """
+        if self.registry is None:
+            return False
+        now = time.monotonic()
+        if not force and now - self._last_check < min_interval:
+            return False
+        self._last_check = now
+        mtime = self.registry.mtime()
+        if not force and mtime == self._mtime:
+            return False
+        with self._lock:
+            try:
+                if mtime is not None:
+                    self.registry.load()
+                else:
+                    self.registry.experts = {}
+            except ConfigurationError as exc:
+                # A broken edit must not take the gateway down: keep serving the last good set.
+                log.error("registry_reload_failed", error=str(exc))
+                self._mtime = mtime
+                return False
+            self._mtime = mtime
+            self._rebuild()
+        log.info("registry_reloaded", experts=sorted(self.experts))
+        return True
+
+    def register(self, expert: ExpertModel) -> None:
+        """Add an expert at runtime (persisted when there is a registry file)."""
+        with self._lock:
+            if self.registry:
+                self.registry.register(expert)
+                self._mtime = self.registry.mtime()
+            else:
+                self._plugin_experts[expert.name] = expert
+            self._rebuild()
+
+    def unregister(self, name: str) -> None:
+        """Remove an expert at runtime.
+
+        Raises:
+            ModelNotFoundError: no such expert.
+        """
+        with self._lock:
+            if self.registry and name in self.registry.experts:
+                self.registry.unregister(name)
+                self._mtime = self.registry.mtime()
+            elif name in self._plugin_experts:
+                del self._plugin_experts[name]
+            else:
+                raise ModelNotFoundError(f"no expert named {name!r}", param="name")
+            self._rebuild()
+
+    def lora_for(self, expert: ExpertModel) -> LoraSpec | None:
+        """The engine LoRA handle of an adapter expert (ids are stable per name)."""
+        if expert.kind != "adapter" or not expert.adapter_path:
+            return None
+        if expert.name not in self._lora_ids:
+            self._lora_ids[expert.name] = len(self._lora_ids) + 1
+        return LoraSpec(expert.name, str(Path(expert.adapter_path).expanduser()), self._lora_ids[expert.name])
+
+    def servable(self, expert: ExpertModel) -> bool:
+        """Whether this gateway can serve the expert at all."""
+        if expert.kind == "adapter":
+            return self.lora_enabled
+        return expert.kind in ("base", "remote")
+
+    # --- resolution ------------------------------------------------------------------------
+
+    def resolve(self, model: str, query: Callable[[], str]) -> Target:
+        """Map a request's ``model`` to a target.
+
+        Args:
+            model: the request's ``model`` field.
+            query: returns the text to classify (called only for ``auto``).
+
+        Raises:
+            ModelNotFoundError: ``model`` names nothing served here.
+        """
+        self.refresh()
+        if model == self.base_model_name:
+            return Target(model, None, "requested")
+        expert = self.experts.get(model)
+        if expert is not None:
+            if not self.servable(expert):
+                raise ModelNotFoundError(
+                    f"expert {model!r} is registered but cannot be served here "
+                    f"({expert.kind} experts need {'LoRA enabled' if expert.kind == 'adapter' else 'a model engine'})",
+                    param="model")
+            return Target(model, expert, "requested", lora=self.lora_for(expert))
+        if model == AUTO:
+            return self.route(query())
+        raise ModelNotFoundError(
+            f"The model `{model}` does not exist. Served: {', '.join(self.model_names())}", param="model")
+
+    def route(self, text: str) -> Target:
+        """Classify ``text`` and return the chosen expert (the base model when nothing can route)."""
+        if self.classifier is None or not self.experts:
+            return Target(self.base_model_name, None, "router:none", 1.0)
+        decision = self.classifier.classify_with_confidence(text)
+        expert = self.experts.get(decision.expert)
+        reason = f"router:{self.classifier.name}:{decision.reason}" if decision.reason else f"router:{self.classifier.name}"
+        if expert is None or not self.servable(expert):
+            target = Target(decision.expert, expert, reason, decision.confidence)
+            return self.fallback(target, "unservable")
+        return Target(expert.name, expert, reason, decision.confidence, self.lora_for(expert))
+
+    def fallback(self, target: Target, why: str) -> Target:
+        """Re-target a request whose expert is unavailable to the default expert (SDD §9.2).
+
+        Raises:
+            ExpertUnavailableError: the default expert is the one that failed, or is remote too.
+        """
+        default = self.experts.get(self.default_expert)
+        failed = target.expert_name
+        if default is None:
+            return Target(self.base_model_name, None, f"fallback:{failed}-{why}")
+        if default.name == failed or default.kind == "remote" or not self.servable(default):
+            raise ExpertUnavailableError(f"expert {failed!r} is unavailable ({why}) and no local fallback exists")
+        return Target(default.name, default, f"fallback:{failed}-{why}", lora=self.lora_for(default))
+
+    def model_names(self) -> list[str]:
+        """Base model first, then every servable expert, then ``auto``."""
+        names = [self.base_model_name]
+        names += [name for name, e in self.experts.items() if self.servable(e)]
+        return [*names, AUTO]

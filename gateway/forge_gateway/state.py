@@ -1,0 +1,108 @@
+"""The gateway's long-lived state: config, engine, expert catalog, upstream pool, plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pluggy
+import structlog
+
+from forge_gateway.config import GatewayConfig
+from forge_gateway.engines.base import Engine
+from forge_gateway.routing import ExpertCatalog, Target
+from forge_gateway.upstream import UpstreamPool
+from forge_sdk.classifiers import Classifier
+from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, RequestTimeoutError, UpstreamError
+from forge_sdk.experts import ExpertModel
+from forge_sdk.plugins import collect
+
+__all__ = ["Gateway", "UsageListener"]
+
+T = TypeVar("T")
+log = structlog.get_logger("forge_gateway")
+
+UsageListener = Callable[[Target, int, int, str], None]
+"""Called after each request with (target, prompt_tokens, completion_tokens, engine name)."""
+
+
+class Gateway:
+    """Everything a request handler needs, built once at start-up.
+
+    Args:
+        config: validated gateway config.
+        engine: the in-process engine for the base model (not yet started).
+        pm: plugin manager whose hooks provide experts and classifiers.
+    """
+
+    def __init__(self, config: GatewayConfig, engine: Engine, pm: pluggy.PluginManager) -> None:
+        self.config = config
+        self.engine = engine
+        self.pm = pm
+        self.started_at = time.time()
+        self.usage_listeners: list[UsageListener] = []
+        plugin_experts = list(collect(pm, "register_experts", key=lambda e: e.name).values())
+        self.catalog = ExpertCatalog(config.model_name, plugin_experts, config.registry,
+                                     lora_enabled=engine.supports_lora,
+                                     default_expert=config.router.default_expert)
+        self.classifiers: dict[str, type[Classifier]] = collect(pm, "register_classifiers", key=lambda c: c.name)
+        self.catalog.classifier = self._build_classifier()
+        self.upstreams = UpstreamPool(default_expert=config.router.default_expert)
+        self.catalog.on_change.append(self._on_experts_changed)
+
+    def _build_classifier(self) -> Classifier | None:
+        name = self.config.router.classifier
+        if not self.classifiers:
+            log.warning("no_classifiers", hint="install forge-plugins for keyword/neural/hybrid routing")
+            return None
+        cls = self.classifiers.get(name)
+        if cls is None:
+            raise ConfigurationError(
+                f"router.classifier {name!r} is not registered; available: {', '.join(sorted(self.classifiers))}")
+        return cls(list(self.catalog.experts.values()), default_expert=self.config.router.default_expert,
+                   **self.config.router.options)
+
+    def _on_experts_changed(self, old: dict[str, ExpertModel], new: dict[str, ExpertModel]) -> None:
+        # Adapters that left the catalog are unloaded lazily by the engine's LRU; nothing to do
+        # for remote experts except forgetting their circuit state.
+        self.upstreams.forget([name for name in old if name not in new])
+
+    def engine_for(self, target: Target) -> Engine:
+        """The engine that serves a local target."""
+        return self.engine
+
+    async def forward_remote(self, target: Target, request: Any, path: str) -> tuple[Any, Target]:
+        """Send a request to a remote expert with retries; on failure pick the fallback.
+
+        Returns:
+            ``(response, target)``: the upstream's response and the same target, or
+            ``(None, fallback_target)`` when the caller must serve it locally.
+        """
+        try:
+            return await self.upstreams.forward(self, target, request, path), target
+        except (UpstreamError, ExpertUnavailableError) as exc:
+            log.warning("expert_fallback", expert=target.expert_name, error=exc.message)
+            return None, self.catalog.fallback(target, "unavailable")
+
+    async def with_timeout(self, awaitable: Awaitable[T]) -> T:
+        """Await with the configured request timeout (504 when it runs out)."""
+        timeout = self.config.limits.request_timeout
+        try:
+            return await asyncio.wait_for(awaitable, timeout)
+        except asyncio.TimeoutError as exc:
+            raise RequestTimeoutError(f"request took longer than {timeout:g} s") from exc
+
+    def record_usage(self, target: Target, prompt_tokens: int, completion_tokens: int, engine: str) -> None:
+        """Tell listeners (metrics, ledger, rate limiter) what a request consumed."""
+        for listener in self.usage_listeners:
+            listener(target, prompt_tokens, completion_tokens, engine)
+
+    async def start(self) -> None:
+        await self.engine.start()
+        await self.upstreams.start()
+
+    async def stop(self) -> None:
+        await self.upstreams.stop()
+        await self.engine.stop()
