@@ -78,26 +78,35 @@ def list_models(gateway: Gateway) -> Response[bytes]:
     catalog.refresh()
     created = int(gateway.started_at)
     base = catalog.base_model_name
-    cards = [ModelCard(id=name, created=created, root=base if name != base else gateway.config.model)
-             for name in catalog.model_names()]
+    cards = [
+        ModelCard(id=name, created=created, root=base if name != base else gateway.config.model)
+        for name in catalog.model_names()
+    ]
     return Response(_encode(ModelList(cards)), media_type="application/json")
 
 
-async def _stream_chat(gateway: Gateway, plan: GenerationPlan, target: Target, include_usage: bool,
-                       engine_name: str) -> AsyncIterator[bytes]:
+async def _stream_chat(
+    gateway: Gateway, plan: GenerationPlan, target: Target, include_usage: bool, engine_name: str
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     model = target.model
     for i in range(plan.n):
-        yield _sse(ChatCompletionChunk(plan.request_id, created, model,
-                                       [ChunkChoice(i, DeltaMessage(role="assistant", content=""))]))
+        yield _sse(
+            ChatCompletionChunk(
+                plan.request_id, created, model, [ChunkChoice(i, DeltaMessage(role="assistant", content=""))]
+            )
+        )
     completion_tokens = [0] * plan.n
     try:
         async for index, out in stream_outputs(gateway.engine_for(target), plan):
             completion_tokens[index] = out.completion_tokens
             if out.text or out.finish_reason:
                 delta = DeltaMessage(content=out.text) if out.text else DeltaMessage()
-                yield _sse(ChatCompletionChunk(plan.request_id, created, model,
-                                               [ChunkChoice(index, delta, out.finish_reason)]))
+                yield _sse(
+                    ChatCompletionChunk(
+                        plan.request_id, created, model, [ChunkChoice(index, delta, out.finish_reason)]
+                    )
+                )
     except LargeForgeAIError as exc:
         # Headers are gone once streaming started: report the error in-band, OpenAI style.
         yield _sse(ErrorResponse(ErrorBody(exc.message, exc.error_type, exc.param, exc.code)))
@@ -126,30 +135,48 @@ async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) ->
         messages=[{"role": m.role, "content": message_text(m)} for m in req.messages],
         prompt=None,
         max_tokens=req.max_completion_tokens or req.max_tokens,
-        temperature=req.temperature, top_p=req.top_p, stop=req.stop, seed=req.seed, n=req.n,
-        limits=gateway.config.limits, lora=target.lora,
-        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=req.stop,
+        seed=req.seed,
+        n=req.n,
+        limits=gateway.config.limits,
+        lora=target.lora,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
     )
     headers = route_headers(target)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Stream(_stream_chat(gateway, plan, target, include_usage, engine.name),
-                      media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        return Stream(
+            _stream_chat(gateway, plan, target, include_usage, engine.name),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
     choices = await gateway.with_timeout(run_to_completion(engine, plan))
     completion_tokens = sum(c.completion_tokens for c in choices)
     gateway.record_usage(target, plan.prompt_tokens, completion_tokens, engine.name)
     body = ChatCompletion(
-        id=plan.request_id, created=int(time.time()), model=target.model,
-        choices=[ChatCompletionChoice(c.index, ChatMessage(role="assistant", content=c.text),
-                                      c.finish_reason)  # type: ignore[arg-type]
-                 for c in choices],
+        id=plan.request_id,
+        created=int(time.time()),
+        model=target.model,
+        choices=[
+            ChatCompletionChoice(c.index, ChatMessage(role="assistant", content=c.text), c.finish_reason)  # type: ignore[arg-type]
+            for c in choices
+        ],
         usage=Usage(plan.prompt_tokens, completion_tokens, plan.prompt_tokens + completion_tokens),
     )
     return Response(_encode(body), media_type="application/json", headers=headers)
 
 
-async def _stream_completion(gateway: Gateway, plan: GenerationPlan, target: Target, include_usage: bool,
-                             engine_name: str, echo: str | None) -> AsyncIterator[bytes]:
+async def _stream_completion(
+    gateway: Gateway,
+    plan: GenerationPlan,
+    target: Target,
+    include_usage: bool,
+    engine_name: str,
+    echo: str | None,
+) -> AsyncIterator[bytes]:
     created = int(time.time())
     completion_tokens = [0] * plan.n
     if echo:
@@ -159,8 +186,14 @@ async def _stream_completion(gateway: Gateway, plan: GenerationPlan, target: Tar
         async for index, out in stream_outputs(gateway.engine_for(target), plan):
             completion_tokens[index] = out.completion_tokens
             if out.text or out.finish_reason:
-                yield _sse(Completion(plan.request_id, created, target.model,
-                                      [CompletionChoice(index, out.text, out.finish_reason)]))
+                yield _sse(
+                    Completion(
+                        plan.request_id,
+                        created,
+                        target.model,
+                        [CompletionChoice(index, out.text, out.finish_reason)],
+                    )
+                )
     except LargeForgeAIError as exc:
         yield _sse(ErrorResponse(ErrorBody(exc.message, exc.error_type, exc.param, exc.code)))
         return
@@ -168,8 +201,15 @@ async def _stream_completion(gateway: Gateway, plan: GenerationPlan, target: Tar
         gateway.record_usage(target, plan.prompt_tokens, sum(completion_tokens), engine_name)
     if include_usage:
         total = sum(completion_tokens)
-        yield _sse(Completion(plan.request_id, created, target.model, [],
-                              usage=Usage(plan.prompt_tokens, total, plan.prompt_tokens + total)))
+        yield _sse(
+            Completion(
+                plan.request_id,
+                created,
+                target.model,
+                [],
+                usage=Usage(plan.prompt_tokens, total, plan.prompt_tokens + total),
+            )
+        )
     yield _SSE_DONE
 
 
@@ -185,24 +225,41 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
             return response  # type: ignore[no-any-return]
     engine = gateway.engine_for(target)
     plan = await plan_generation(
-        engine, messages=None, prompt=prompt, max_tokens=req.max_tokens, temperature=req.temperature,
-        top_p=req.top_p, stop=req.stop, seed=req.seed, n=req.n, limits=gateway.config.limits,
-        lora=target.lora, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        engine,
+        messages=None,
+        prompt=prompt,
+        max_tokens=req.max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        stop=req.stop,
+        seed=req.seed,
+        n=req.n,
+        limits=gateway.config.limits,
+        lora=target.lora,
+        presence_penalty=req.presence_penalty,
+        frequency_penalty=req.frequency_penalty,
         id_prefix="cmpl",
     )
     headers = route_headers(target)
     echo = prompt if req.echo else None
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Stream(_stream_completion(gateway, plan, target, include_usage, engine.name, echo),
-                      media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        return Stream(
+            _stream_completion(gateway, plan, target, include_usage, engine.name, echo),
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
     choices = await gateway.with_timeout(run_to_completion(engine, plan))
     completion_tokens = sum(c.completion_tokens for c in choices)
     gateway.record_usage(target, plan.prompt_tokens, completion_tokens, engine.name)
     body = Completion(
-        id=plan.request_id, created=int(time.time()), model=target.model,
-        choices=[CompletionChoice(c.index, (echo or "") + c.text, c.finish_reason)  # type: ignore[arg-type]
-                 for c in choices],
+        id=plan.request_id,
+        created=int(time.time()),
+        model=target.model,
+        choices=[
+            CompletionChoice(c.index, (echo or "") + c.text, c.finish_reason)  # type: ignore[arg-type]
+            for c in choices
+        ],
         usage=Usage(plan.prompt_tokens, completion_tokens, plan.prompt_tokens + completion_tokens),
     )
     return Response(_encode(body), media_type="application/json", headers=headers)

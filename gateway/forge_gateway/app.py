@@ -21,8 +21,9 @@ from forge_sdk.plugins import get_plugin_manager
 __all__ = ["create_app"]
 
 
-def create_app(config: GatewayConfig, *, engine: Engine | None = None,
-               pm: pluggy.PluginManager | None = None) -> Litestar:
+def create_app(
+    config: GatewayConfig, *, engine: Engine | None = None, pm: pluggy.PluginManager | None = None
+) -> Litestar:
     """The gateway as an ASGI app; the engine starts with the app and stops with it.
 
     Args:
@@ -60,10 +61,19 @@ def create_app(config: GatewayConfig, *, engine: Engine | None = None,
 def engine_options(config: GatewayConfig) -> dict[str, object]:
     """Engine keyword arguments from the config's ``[engine]`` section."""
     e = config.engine
-    options: dict[str, object] = {"max_model_len": e.max_model_len, "enable_lora": e.enable_lora, "dtype": e.dtype}
+    options: dict[str, object] = {
+        "max_model_len": e.max_model_len,
+        "enable_lora": e.enable_lora,
+        "dtype": e.dtype,
+    }
     if e.kind in ("vllm", "auto"):
-        options.update(max_loras=e.max_loras, max_lora_rank=e.max_lora_rank, quantization=e.quantization,
-                       gpu_memory_utilization=e.gpu_memory_utilization, max_num_seqs=e.max_batch_size)
+        options.update(
+            max_loras=e.max_loras,
+            max_lora_rank=e.max_lora_rank,
+            quantization=e.quantization,
+            gpu_memory_utilization=e.gpu_memory_utilization,
+            max_num_seqs=e.max_batch_size,
+        )
     if e.kind == "transformers":
         options["max_batch_size"] = e.max_batch_size
     return options

@@ -27,17 +27,25 @@ examples:
 
 
 def _serve_parser(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve a model and its experts over the OpenAI API",
-                       description="Serve a base model, its LoRA/remote experts and the router over an "
-                                   "OpenAI-compatible HTTP API.",
-                       epilog=_SERVE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "serve",
+        help="serve a model and its experts over the OpenAI API",
+        description="Serve a base model, its LoRA/remote experts and the router over an "
+        "OpenAI-compatible HTTP API.",
+        epilog=_SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", metavar="FILE", help="TOML or YAML config file")
     p.add_argument("--model", help="base model: local folder or hub id (required unless in config)")
     p.add_argument("--served-model-name", help="name clients use for the base model (default: folder name)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
-    p.add_argument("--engine", dest="engine_kind", choices=["auto", "vllm", "transformers"],
-                   help="inference engine (default auto: vLLM if installed)")
+    p.add_argument(
+        "--engine",
+        dest="engine_kind",
+        choices=["auto", "vllm", "transformers"],
+        help="inference engine (default auto: vLLM if installed)",
+    )
     p.add_argument("--max-model-len", type=int, help="context length in tokens")
     p.add_argument("--quantization", help="checkpoint quantization passed to vLLM (awq, gptq, ...)")
     p.add_argument("--no-lora", action="store_true", default=None, help="disable LoRA adapter experts")
@@ -46,17 +54,28 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--max-concurrent", type=int, help="requests generating at once (default 100)")
     p.add_argument("--request-timeout", type=float, help="seconds per non-streaming request (default 60)")
     p.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="log verbosity")
-    p.add_argument("--allow-open", action="store_true", default=None,
-                   help="serve without API keys even on a non-loopback address")
+    p.add_argument(
+        "--allow-open",
+        action="store_true",
+        default=None,
+        help="serve without API keys even on a non-loopback address",
+    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "model": args.model, "served_model_name": args.served_model_name, "host": args.host,
-        "port": args.port, "registry": args.registry, "log_level": args.log_level,
-        "engine": {"kind": args.engine_kind, "max_model_len": args.max_model_len,
-                   "quantization": args.quantization,
-                   "enable_lora": False if args.no_lora else None},
+        "model": args.model,
+        "served_model_name": args.served_model_name,
+        "host": args.host,
+        "port": args.port,
+        "registry": args.registry,
+        "log_level": args.log_level,
+        "engine": {
+            "kind": args.engine_kind,
+            "max_model_len": args.max_model_len,
+            "quantization": args.quantization,
+            "enable_lora": False if args.no_lora else None,
+        },
         "router": {"classifier": args.classifier},
         "limits": {"max_concurrent": args.max_concurrent, "request_timeout": args.request_timeout},
         "auth": {"allow_open": args.allow_open},
@@ -73,11 +92,21 @@ def _serve(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides=_overrides(args))
     configure_logging(config.log_level, json=config.log_json)
     app = create_app(config)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=config.host, port=config.port, log_level=config.log_level, access_log=False,
-        timeout_graceful_shutdown=30, lifespan="on", log_config=None,
-    ))
-    print(f"forge-gateway: serving {config.model_name} on http://{config.host}:{config.port}", file=sys.stderr)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+            lifespan="on",
+            log_config=None,
+        )
+    )
+    print(
+        f"forge-gateway: serving {config.model_name} on http://{config.host}:{config.port}", file=sys.stderr
+    )
     server.run()
     return 0
 

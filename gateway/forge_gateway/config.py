@@ -170,10 +170,10 @@ def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
     for key, value in environ.items():
         if not key.startswith("FORGE_"):
             continue
-        name = key[len("FORGE_"):].lower()
+        name = key[len("FORGE_") :].lower()
         section = next((s for s in _SECTIONS if name.startswith(s + "_")), None)
         if section:
-            out.setdefault(section, {})[name[len(section) + 1:]] = value
+            out.setdefault(section, {})[name[len(section) + 1 :]] = value
         elif name in top_fields:
             out[name] = value
     return out
@@ -216,7 +216,9 @@ def load_config(
     except msgspec.ValidationError as exc:
         raise ConfigurationError(f"invalid configuration: {exc}") from exc
     if not config.model:
-        raise ConfigurationError("no model given: pass --model, set FORGE_MODEL, or put model = ... in the config file")
+        raise ConfigurationError(
+            "no model given: pass --model, set FORGE_MODEL, or put model = ... in the config file"
+        )
     return config
 
 

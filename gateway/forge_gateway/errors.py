@@ -30,12 +30,19 @@ _LITESTAR_STATUS: dict[int, tuple[str, str]] = {
 }
 
 
-def error_response(status: int, message: str, error_type: str, code: str | None,
-                   param: str | None = None, headers: dict[str, str] | None = None) -> Response[bytes]:
+def error_response(
+    status: int,
+    message: str,
+    error_type: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response[bytes]:
     """An OpenAI-shaped JSON error response."""
     body = ErrorResponse(ErrorBody(message=message, type=error_type, param=param, code=code))
-    return Response(msgspec.json.encode(body), status_code=status, media_type="application/json",
-                    headers=headers or {})
+    return Response(
+        msgspec.json.encode(body), status_code=status, media_type="application/json", headers=headers or {}
+    )
 
 
 def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> errors.InvalidRequestError:
@@ -57,7 +64,9 @@ def _forge_handler(request: Request, exc: errors.LargeForgeAIError) -> Response[
 
 def _http_handler(request: Request, exc: HTTPException) -> Response[bytes]:
     status = exc.status_code
-    error_type, code = _LITESTAR_STATUS.get(status, ("internal_error" if status >= 500 else "invalid_request_error", None))
+    error_type, code = _LITESTAR_STATUS.get(
+        status, ("internal_error" if status >= 500 else "invalid_request_error", None)
+    )
     message = exc.detail if isinstance(exc.detail, str) and exc.detail else "request failed"
     if status == 404:
         message = f"no route {request.method} {request.url.path}"

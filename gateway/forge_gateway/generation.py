@@ -81,7 +81,8 @@ async def plan_generation(
     if messages is not None:
         if len(messages) > limits.max_messages:
             raise InvalidRequestError(
-                f"too many messages: {len(messages)} > {limits.max_messages}", param="messages")
+                f"too many messages: {len(messages)} > {limits.max_messages}", param="messages"
+            )
         size = sum(len(m["content"]) for m in messages)
         if size > _INLINE_TOKENIZE_CHARS:
             text = await _run_blocking(engine.render_chat, messages)
@@ -98,7 +99,8 @@ async def plan_generation(
     context = engine.max_model_len
     if max_tokens is not None and max_tokens > limits.max_tokens:
         raise InvalidRequestError(
-            f"max_tokens {max_tokens} is above this server's limit of {limits.max_tokens}", param="max_tokens")
+            f"max_tokens {max_tokens} is above this server's limit of {limits.max_tokens}", param="max_tokens"
+        )
     room = context - len(ids)
     if room < 1 or (max_tokens is not None and max_tokens > room):
         wanted = max_tokens if max_tokens is not None else 1
@@ -112,8 +114,13 @@ async def plan_generation(
         max_tokens = min(room, limits.default_max_tokens)
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
     sampling = SamplingOptions(
-        max_tokens=max_tokens, temperature=temperature, top_p=top_p, stop=stops, seed=seed,
-        presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stop=stops,
+        seed=seed,
+        presence_penalty=presence_penalty,
+        frequency_penalty=frequency_penalty,
     )
     return GenerationPlan(f"{id_prefix}-{uuid.uuid4().hex}", ids, sampling, n, lora)
 

@@ -28,8 +28,11 @@ def configure_logging(level: str = "info", *, json: bool = True) -> None:
         cache_logger_on_first_use=True,
     )
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
-        processor=renderer, foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]))
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer, foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared]
+        )
+    )
     root = logging.getLogger()
     root.handlers = [handler]
     root.setLevel(numeric)

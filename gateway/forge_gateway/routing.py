@@ -55,8 +55,15 @@ class ExpertCatalog:
         lora_enabled: whether adapter experts can be served (the engine supports LoRA).
     """
 
-    def __init__(self, base_model_name: str, plugin_experts: list[ExpertModel], registry_path: str | None,
-                 *, lora_enabled: bool, default_expert: str = "general") -> None:
+    def __init__(
+        self,
+        base_model_name: str,
+        plugin_experts: list[ExpertModel],
+        registry_path: str | None,
+        *,
+        lora_enabled: bool,
+        default_expert: str = "general",
+    ) -> None:
         self.base_model_name = base_model_name
         self.default_expert = default_expert
         self.lora_enabled = lora_enabled
@@ -176,12 +183,14 @@ class ExpertCatalog:
                 raise ModelNotFoundError(
                     f"expert {model!r} is registered but cannot be served here "
                     f"({expert.kind} experts need {'LoRA enabled' if expert.kind == 'adapter' else 'a model engine'})",
-                    param="model")
+                    param="model",
+                )
             return Target(model, expert, "requested", lora=self.lora_for(expert))
         if model == AUTO:
             return self.route(query())
         raise ModelNotFoundError(
-            f"The model `{model}` does not exist. Served: {', '.join(self.model_names())}", param="model")
+            f"The model `{model}` does not exist. Served: {', '.join(self.model_names())}", param="model"
+        )
 
     def route(self, text: str) -> Target:
         """Classify ``text`` and return the chosen expert (the base model when nothing can route)."""
@@ -189,7 +198,11 @@ class ExpertCatalog:
             return Target(self.base_model_name, None, "router:none", 1.0)
         decision = self.classifier.classify_with_confidence(text)
         expert = self.experts.get(decision.expert)
-        reason = f"router:{self.classifier.name}:{decision.reason}" if decision.reason else f"router:{self.classifier.name}"
+        reason = (
+            f"router:{self.classifier.name}:{decision.reason}"
+            if decision.reason
+            else f"router:{self.classifier.name}"
+        )
         if expert is None or not self.servable(expert):
             target = Target(decision.expert, expert, reason, decision.confidence)
             return self.fallback(target, "unservable")
@@ -206,7 +219,9 @@ class ExpertCatalog:
         if default is None:
             return Target(self.base_model_name, None, f"fallback:{failed}-{why}")
         if default.name == failed or default.kind == "remote" or not self.servable(default):
-            raise ExpertUnavailableError(f"expert {failed!r} is unavailable ({why}) and no local fallback exists")
+            raise ExpertUnavailableError(
+                f"expert {failed!r} is unavailable ({why}) and no local fallback exists"
+            )
         return Target(default.name, default, f"fallback:{failed}-{why}", lora=self.lora_for(default))
 
     def model_names(self) -> list[str]:

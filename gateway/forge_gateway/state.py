@@ -44,10 +44,16 @@ class Gateway:
         self.started_at = time.time()
         self.usage_listeners: list[UsageListener] = []
         plugin_experts = list(collect(pm, "register_experts", key=lambda e: e.name).values())
-        self.catalog = ExpertCatalog(config.model_name, plugin_experts, config.registry,
-                                     lora_enabled=engine.supports_lora,
-                                     default_expert=config.router.default_expert)
-        self.classifiers: dict[str, type[Classifier]] = collect(pm, "register_classifiers", key=lambda c: c.name)
+        self.catalog = ExpertCatalog(
+            config.model_name,
+            plugin_experts,
+            config.registry,
+            lora_enabled=engine.supports_lora,
+            default_expert=config.router.default_expert,
+        )
+        self.classifiers: dict[str, type[Classifier]] = collect(
+            pm, "register_classifiers", key=lambda c: c.name
+        )
         self.catalog.classifier = self._build_classifier()
         self.upstreams = UpstreamPool(default_expert=config.router.default_expert)
         self.catalog.on_change.append(self._on_experts_changed)
@@ -60,9 +66,13 @@ class Gateway:
         cls = self.classifiers.get(name)
         if cls is None:
             raise ConfigurationError(
-                f"router.classifier {name!r} is not registered; available: {', '.join(sorted(self.classifiers))}")
-        return cls(list(self.catalog.experts.values()), default_expert=self.config.router.default_expert,
-                   **self.config.router.options)
+                f"router.classifier {name!r} is not registered; available: {', '.join(sorted(self.classifiers))}"
+            )
+        return cls(
+            list(self.catalog.experts.values()),
+            default_expert=self.config.router.default_expert,
+            **self.config.router.options,
+        )
 
     def _on_experts_changed(self, old: dict[str, ExpertModel], new: dict[str, ExpertModel]) -> None:
         # Adapters that left the catalog are unloaded lazily by the engine's LRU; nothing to do

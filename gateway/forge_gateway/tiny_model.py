@@ -110,10 +110,9 @@ def build_tiny_model(
         num_key_value_heads=num_kv_heads,
         max_position_embeddings=max_position_embeddings,
         tie_word_embeddings=True,
-        eos_token_id=hf_tok.convert_tokens_to_ids("<|im_end|>"),
-        pad_token_id=hf_tok.convert_tokens_to_ids("<|endoftext|>"),
+        eos_token_id=int(hf_tok.convert_tokens_to_ids("<|im_end|>")),  # type: ignore[arg-type]
+        pad_token_id=int(hf_tok.convert_tokens_to_ids("<|endoftext|>")),  # type: ignore[arg-type]
         bos_token_id=None,
-        torch_dtype="float32",
         # A wide init gives decisive logits, so greedy decoding has no near-ties that float
         # noise between engines could flip.
         initializer_range=0.2,

@@ -64,8 +64,14 @@ class UpstreamPool:
         retry_base_delay: first backoff delay, seconds (SDD §9.3: 1.0).
     """
 
-    def __init__(self, *, default_expert: str = "general", failure_threshold: int = 3, cooldown_s: float = 30.0,
-                 retry_base_delay: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        default_expert: str = "general",
+        failure_threshold: int = 3,
+        cooldown_s: float = 30.0,
+        retry_base_delay: float = 1.0,
+    ) -> None:
         self.default_expert = default_expert
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
@@ -115,8 +121,11 @@ class UpstreamPool:
             if key:
                 headers["authorization"] = f"Bearer {key}"
         timeout = httpx.Timeout(expert.timeout, connect=min(expert.timeout, 5.0))
-        policy = RetryPolicy(max_retries=expert.max_retries, base_delay=self.retry_base_delay,
-                             retryable=(httpx.TimeoutException, httpx.ConnectError, _RetryableStatusError))
+        policy = RetryPolicy(
+            max_retries=expert.max_retries,
+            base_delay=self.retry_base_delay,
+            retryable=(httpx.TimeoutException, httpx.ConnectError, _RetryableStatusError),
+        )
         client = self._client
 
         async def attempt() -> httpx.Response:
@@ -130,7 +139,9 @@ class UpstreamPool:
 
         return await policy.acall(attempt)
 
-    async def forward(self, gateway: Gateway, target: Target, request: Any, path: str) -> Response[bytes] | Stream:
+    async def forward(
+        self, gateway: Gateway, target: Target, request: Any, path: str
+    ) -> Response[bytes] | Stream:
         """Proxy a chat/completions request to the target's upstream.
 
         Raises:
@@ -157,10 +168,18 @@ class UpstreamPool:
         self._ok(expert.name)
         headers = route_headers(target)
         if not request.stream:
-            return Response(response.content, status_code=response.status_code,
-                            media_type=response.headers.get("content-type", "application/json"), headers=headers)
-        return Stream(_relay(response), status_code=response.status_code, media_type="text/event-stream",
-                      headers={**headers, "cache-control": "no-cache"})
+            return Response(
+                response.content,
+                status_code=response.status_code,
+                media_type=response.headers.get("content-type", "application/json"),
+                headers=headers,
+            )
+        return Stream(
+            _relay(response),
+            status_code=response.status_code,
+            media_type="text/event-stream",
+            headers={**headers, "cache-control": "no-cache"},
+        )
 
 
 async def _relay(response: httpx.Response) -> AsyncIterator[bytes]:

@@ -40,7 +40,9 @@ class Classifier(abc.ABC):
 
     name: ClassVar[str]
 
-    def __init__(self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any) -> None:
+    def __init__(
+        self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
+    ) -> None:
         self.default_expert = default_expert
         self.options = options
         self.experts: dict[str, ExpertModel] = {}
@@ -66,15 +68,17 @@ class Classifier(abc.ABC):
         return expert.endpoint or "local"
 
     def expert_for_label(self, label: str) -> str:
-        """Map a predicted specialization label to a registered expert name.
+        """Map a predicted specialization label to the expert that should serve it.
 
-        An expert named like the label wins; otherwise the first expert with that
-        specialization (a third-party ``mathexpert`` with specialization ``math`` serves
-        ``math`` when no expert is called ``math``... unless one is). Falls back to the default.
+        Among experts whose ``specialization`` is ``label``, the highest ``priority`` wins, then
+        the one named like the label (so an installed ``mathexpert`` with priority 10 takes over
+        ``math`` from the built-in ``math`` expert). An expert merely named ``label`` comes next;
+        the default expert last.
         """
+        candidates = [e for e in self.experts.values() if e.specialization == label]
+        if candidates:
+            best = max(candidates, key=lambda e: (e.priority, e.name == label))
+            return best.name
         if label in self.experts:
             return label
-        for expert in self.experts.values():
-            if expert.specialization == label:
-                return expert.name
         return self.default_expert

@@ -37,8 +37,9 @@ def _raise_for_error(response: httpx.Response) -> None:
     except (ValueError, AttributeError):
         message, code, param = response.text or response.reason_phrase, None, None
     cls = _BY_STATUS.get(response.status_code, errors.LargeForgeAIError)
-    error = cls(f"HTTP {response.status_code}: {message}", code=code, param=param,
-                headers=dict(response.headers))
+    error = cls(
+        f"HTTP {response.status_code}: {message}", code=code, param=param, headers=dict(response.headers)
+    )
     error.status_code = response.status_code
     raise error
 
@@ -47,8 +48,13 @@ def _headers(api_key: str | None) -> dict[str, str]:
     return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
-def _generate_body(prompt: str | None, messages: list[dict[str, str]] | None, max_tokens: int,
-                   temperature: float, expert: str | None) -> dict[str, Any]:
+def _generate_body(
+    prompt: str | None,
+    messages: list[dict[str, str]] | None,
+    max_tokens: int,
+    temperature: float,
+    expert: str | None,
+) -> dict[str, Any]:
     body: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature}
     if prompt is not None:
         body["prompt"] = prompt
@@ -59,8 +65,9 @@ def _generate_body(prompt: str | None, messages: list[dict[str, str]] | None, ma
     return body
 
 
-def _chat_body(message: str, system: str | None, model: str, max_tokens: int,
-               temperature: float) -> dict[str, Any]:
+def _chat_body(
+    message: str, system: str | None, model: str, max_tokens: int, temperature: float
+) -> dict[str, Any]:
     messages = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": message})
     return {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": temperature}
@@ -76,8 +83,13 @@ class InferenceClient:
         retry: retry policy (SDD §9.3 by default).
     """
 
-    def __init__(self, base_url: str, timeout: float = 60.0, api_key: str | None = None,
-                 retry: RetryPolicy = RETRY_CONFIG) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 60.0,
+        api_key: str | None = None,
+        retry: RetryPolicy = RETRY_CONFIG,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retry = retry
@@ -92,17 +104,37 @@ class InferenceClient:
         """``GET /health``."""
         return self._request("GET", "/health")  # type: ignore[no-any-return]
 
-    def generate(self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None,
-                 max_tokens: int = 512, temperature: float = 0.7, expert: str | None = None) -> dict[str, Any]:
+    def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        max_tokens: int = 512,
+        temperature: float = 0.7,
+        expert: str | None = None,
+    ) -> dict[str, Any]:
         """``POST /generate``: ``{"text", "expert", "tokens_used"}``."""
-        return self._request("POST", "/generate",  # type: ignore[no-any-return]
-                             json=_generate_body(prompt, messages, max_tokens, temperature, expert))
+        return self._request(
+            "POST",
+            "/generate",  # type: ignore[no-any-return]
+            json=_generate_body(prompt, messages, max_tokens, temperature, expert),
+        )
 
-    def chat(self, message: str, system: str | None = None, *, model: str = "auto",
-             max_tokens: int = 512, temperature: float = 0.7) -> dict[str, Any]:
+    def chat(
+        self,
+        message: str,
+        system: str | None = None,
+        *,
+        model: str = "auto",
+        max_tokens: int = 512,
+        temperature: float = 0.7,
+    ) -> dict[str, Any]:
         """One chat turn through ``/v1/chat/completions``; returns the OpenAI response dict."""
-        return self._request("POST", "/v1/chat/completions",  # type: ignore[no-any-return]
-                             json=_chat_body(message, system, model, max_tokens, temperature))
+        return self._request(
+            "POST",
+            "/v1/chat/completions",  # type: ignore[no-any-return]
+            json=_chat_body(message, system, model, max_tokens, temperature),
+        )
 
     def close(self) -> None:
         self._client.close()
@@ -129,8 +161,13 @@ class RouterClient(InferenceClient):
 class AsyncInferenceClient:
     """Async twin of :class:`InferenceClient`."""
 
-    def __init__(self, base_url: str, timeout: float = 60.0, api_key: str | None = None,
-                 retry: RetryPolicy = RETRY_CONFIG) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        timeout: float = 60.0,
+        api_key: str | None = None,
+        retry: RetryPolicy = RETRY_CONFIG,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.retry = retry
@@ -145,18 +182,37 @@ class AsyncInferenceClient:
         """``GET /health``."""
         return await self._request("GET", "/health")  # type: ignore[no-any-return]
 
-    async def generate(self, prompt: str | None = None, *, messages: list[dict[str, str]] | None = None,
-                       max_tokens: int = 512, temperature: float = 0.7,
-                       expert: str | None = None) -> dict[str, Any]:
+    async def generate(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: list[dict[str, str]] | None = None,
+        max_tokens: int = 512,
+        temperature: float = 0.7,
+        expert: str | None = None,
+    ) -> dict[str, Any]:
         """``POST /generate``."""
-        return await self._request("POST", "/generate",  # type: ignore[no-any-return]
-                                   json=_generate_body(prompt, messages, max_tokens, temperature, expert))
+        return await self._request(
+            "POST",
+            "/generate",  # type: ignore[no-any-return]
+            json=_generate_body(prompt, messages, max_tokens, temperature, expert),
+        )
 
-    async def chat(self, message: str, system: str | None = None, *, model: str = "auto",
-                   max_tokens: int = 512, temperature: float = 0.7) -> dict[str, Any]:
+    async def chat(
+        self,
+        message: str,
+        system: str | None = None,
+        *,
+        model: str = "auto",
+        max_tokens: int = 512,
+        temperature: float = 0.7,
+    ) -> dict[str, Any]:
         """One chat turn through ``/v1/chat/completions``."""
-        return await self._request("POST", "/v1/chat/completions",  # type: ignore[no-any-return]
-                                   json=_chat_body(message, system, model, max_tokens, temperature))
+        return await self._request(
+            "POST",
+            "/v1/chat/completions",  # type: ignore[no-any-return]
+            json=_chat_body(message, system, model, max_tokens, temperature),
+        )
 
     async def aclose(self) -> None:
         await self._client.aclose()

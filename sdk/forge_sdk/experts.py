@@ -14,6 +14,7 @@ An expert is served one of three ways, decided by its fields:
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import tempfile
@@ -71,6 +72,9 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
     """Quantization of ``model_path`` (passed to the engine)."""
     port: int | None = None
     """Legacy SDD field: port of a per-expert server; prefer ``endpoint``."""
+    priority: int = 0
+    """When several experts share a specialization, routing picks the highest priority
+    (a plugin's specialist can take over ``math`` from the built-in ``math`` expert)."""
 
     @property
     def kind(self) -> Literal["adapter", "remote", "standalone", "base"]:
@@ -115,22 +119,62 @@ DEFAULT_EXPERTS: list[ExpertModel] = [
         name="code",
         specialization="code",
         description="Programming: writing, explaining and fixing code.",
-        keywords=["python", "javascript", "code", "function", "bug", "compile", "sql", "regex",
-                  "api", "class", "script", "programming", "debug", "java", "rust", "typescript"],
+        keywords=[
+            "python",
+            "javascript",
+            "code",
+            "function",
+            "bug",
+            "compile",
+            "sql",
+            "regex",
+            "api",
+            "class",
+            "script",
+            "programming",
+            "debug",
+            "java",
+            "rust",
+            "typescript",
+        ],
     ),
     ExpertModel(
         name="math",
         specialization="math",
         description="Mathematics: arithmetic, algebra, calculus, word problems and proofs.",
-        keywords=["math", "equation", "solve", "integral", "derivative", "calculate", "algebra",
-                  "probability", "theorem", "prove", "sum", "percent", "geometry"],
+        keywords=[
+            "math",
+            "equation",
+            "solve",
+            "integral",
+            "derivative",
+            "calculate",
+            "algebra",
+            "probability",
+            "theorem",
+            "prove",
+            "sum",
+            "percent",
+            "geometry",
+        ],
     ),
     ExpertModel(
         name="writing",
         specialization="writing",
         description="Creative and professional writing: stories, essays, letters, poems.",
-        keywords=["story", "poem", "essay", "write", "letter", "blog", "novel", "character",
-                  "narrative", "screenplay", "article"],
+        keywords=[
+            "story",
+            "poem",
+            "essay",
+            "write",
+            "letter",
+            "blog",
+            "novel",
+            "character",
+            "narrative",
+            "screenplay",
+            "article",
+        ],
     ),
 ]
 
@@ -176,12 +220,12 @@ class ExpertRegistry:
         """All experts, in registration order."""
         return list(self.experts.values())
 
-    def find_by_keyword(self, keyword: str) -> list[ExpertModel]:
+    def find_by_keyword(self, keyword: str) -> builtins.list[ExpertModel]:
         """Experts whose keywords contain ``keyword`` as a whole word (case-insensitive)."""
         pattern = re.compile(rf"\b{re.escape(keyword.lower())}\b")
         return [e for e in self.experts.values() if any(pattern.search(k.lower()) for k in e.keywords)]
 
-    def find_by_specialization(self, spec: str) -> list[ExpertModel]:
+    def find_by_specialization(self, spec: str) -> builtins.list[ExpertModel]:
         """Experts whose specialization equals ``spec`` (case-insensitive)."""
         return [e for e in self.experts.values() if e.specialization.lower() == spec.lower()]
 

@@ -39,7 +39,9 @@ def _names(env: str) -> set[str] | None:
     return {part.strip() for part in raw.split(",") if part.strip()}
 
 
-def get_plugin_manager(*, load_entrypoints: bool = True, plugins: list[object] | None = None) -> pluggy.PluginManager:
+def get_plugin_manager(
+    *, load_entrypoints: bool = True, plugins: list[object] | None = None
+) -> pluggy.PluginManager:
     """A fresh plugin manager with the ``forge`` hookspecs.
 
     Args:
@@ -76,12 +78,14 @@ def list_plugins(pm: pluggy.PluginManager) -> list[PluginInfo]:
             continue
         hook_names = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
         dist = dists.get(id(plugin))
-        out.append(PluginInfo(
-            name=name,
-            hooks=hook_names,
-            package=dist.project_name if dist else None,
-            version=dist.version if dist else None,
-        ))
+        out.append(
+            PluginInfo(
+                name=name,
+                hooks=hook_names,
+                package=dist.project_name if dist else None,
+                version=dist.version if dist else None,
+            )
+        )
     return out
 
 

