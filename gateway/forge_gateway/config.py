@@ -131,8 +131,10 @@ class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         """The name the base model is served under."""
         if self.served_model_name:
             return self.served_model_name
-        path = Path(self.model)
-        return path.name if path.exists() else self.model
+        path = Path(self.model).expanduser()
+        if path.exists() or self.model.startswith((".", "/", "~")):
+            return path.resolve().name if path.exists() else path.name
+        return self.model  # a hub id like Qwen/Qwen2.5-0.5B-Instruct is served under its full id
 
 
 _SECTIONS = {"engine", "router", "limits", "auth", "rate_limit"}
