@@ -12,16 +12,17 @@ from forge_sdk.errors import ConfigurationError, DataError, ModelError
 
 torch = pytest.importorskip("torch")
 
-DATA = "/work/shared/data/sft_alpaca_2k.jsonl"
 
+@pytest.fixture(scope="module")
+def rows(shared_data):
+    """Real chat rows from the shared SFT set: ``rows(start, n)``."""
+    with open(shared_data / "sft_alpaca_2k.jsonl") as fh:
+        lines = list(itertools.islice(fh, 0, 1100))
 
-def _rows(start: int, n: int) -> list[dict]:
-    try:
-        with open(DATA) as fh:
-            lines = list(itertools.islice(fh, start, start + n))
-    except FileNotFoundError:
-        pytest.skip("shared data not present")
-    return [{"messages": json.loads(line)["messages"]} for line in lines]
+    def take(start: int, n: int) -> list[dict]:
+        return [{"messages": json.loads(line)["messages"]} for line in lines[start : start + n]]
+
+    return take
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_loss_matches_definition(models, tmp_path):
     assert d.distillation_loss(t, t, labels, return_parts=True)[1]["kl"] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_alpha_one_pulls_student_towards_teacher(models):
+def test_alpha_one_pulls_student_towards_teacher(models, rows):
     from forge_train.distill import Distiller
 
     teacher, student, root = models
@@ -112,9 +113,9 @@ def test_alpha_one_pulls_student_towards_teacher(models):
     )
     d = Distiller(cfg)
     d.load_models()
-    held_out = _rows(1000, 8)
+    held_out = rows(1000, 8)
     before = _mean_kl(d, d.student, held_out)
-    trained = d.train(_rows(0, 64))
+    trained = d.train(rows(0, 64))
     after = _mean_kl(d, trained, held_out)
     losses = [e["loss"] for e in d.trainer.state.log_history if "loss" in e]
     print(f"KL(teacher||student) before={before:.4f} after={after:.4f}; losses {losses}")
@@ -124,13 +125,13 @@ def test_alpha_one_pulls_student_towards_teacher(models):
     assert not any(p.requires_grad for p in d.teacher.parameters())
 
 
-def test_command_trains_lora_student(models):
+def test_command_trains_lora_student(models, rows):
     from forge_sdk.plugins import collect, get_plugin_manager
     from forge_train import distill
 
     teacher, student, root = models
     data = root / "data.jsonl"
-    data.write_text("\n".join(json.dumps(r) for r in _rows(0, 16)))
+    data.write_text("\n".join(json.dumps(r) for r in rows(0, 16)))
     pm = get_plugin_manager(load_entrypoints=False, plugins=[distill])
     cmd = collect(pm, "register_training_methods", key=lambda c: c.name)["distill"]
     parser = argparse.ArgumentParser()
