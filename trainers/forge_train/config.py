@@ -5,11 +5,27 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
 
+import msgspec
 from msgspec import Meta, Struct, field
 
-__all__ = ["BaseTrainingConfig", "LoraConfig"]
+from forge_sdk.errors import ConfigurationError
+
+__all__ = [
+    "BaseTrainingConfig",
+    "DPOConfig",
+    "LoraConfig",
+    "ORPOConfig",
+    "PretrainConfig",
+    "SFTConfig",
+    "build_config",
+    "env_overrides",
+    "read_config_file",
+]
 
 
 class LoraConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -64,3 +80,189 @@ class BaseTrainingConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """After training, add the adapter to the expert registry under this name."""
     registry_path: str | None = None
     """Expert registry file (default: ``$FORGE_REGISTRY`` or ``./experts.json``)."""
+
+
+class _MethodConfig(BaseTrainingConfig, kw_only=True):
+    """Settings the built-in methods (sft, pretrain, dpo, orpo) share beyond the base."""
+
+    max_samples: Annotated[int, Meta(ge=1)] | None = None
+    """Use only the first N records of the dataset (None: all)."""
+    lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule."""
+    warmup_ratio: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
+    """Fraction of the steps spent warming the learning rate up."""
+    save_total_limit: Annotated[int, Meta(ge=1)] | None = None
+    """Keep at most this many checkpoints (None: keep all)."""
+    specialization: str = "general"
+    """Domain label written to the registry entry when ``register`` is set."""
+
+
+class SFTConfig(_MethodConfig, kw_only=True):
+    """Supervised fine-tuning on chat data (SDD §5.2 ``SFTConfig``)."""
+
+    packing: bool = False
+    """Pack several short examples into each ``max_seq_length`` window."""
+    assistant_only_loss: bool = False
+    """Compute the loss on assistant turns only (needs ``{% generation %}`` in the chat template)."""
+
+
+class PretrainConfig(_MethodConfig, kw_only=True):
+    """Continued pre-training on raw text (SDD §5.2 ``PretrainConfig``)."""
+
+    packing: bool = True
+    """Pack text into full ``max_seq_length`` windows (the usual choice for raw text)."""
+    text_field: str = "text"
+    """Column holding the text in jsonl/json/csv/parquet data."""
+
+
+class DPOConfig(_MethodConfig, kw_only=True):
+    """Direct preference optimisation (SDD §5.2 ``DPOConfig``)."""
+
+    learning_rate: Annotated[float, Meta(gt=0)] = 5e-6
+    """Peak learning rate (DPO wants a smaller one than SFT)."""
+    beta: Annotated[float, Meta(gt=0)] = 0.1
+    """Strength of the KL penalty towards the reference model."""
+    loss_type: Literal[
+        "sigmoid",
+        "hinge",
+        "ipo",
+        "exo_pair",
+        "nca_pair",
+        "robust",
+        "bco_pair",
+        "sppo_hard",
+        "aot",
+        "aot_unpaired",
+        "apo_zero",
+        "apo_down",
+        "discopop",
+        "sigmoid_norm",
+    ] = "sigmoid"
+    """DPO loss variant (TRL's names)."""
+    ref_model: str | None = None
+    """Reference model (None: the base itself; with LoRA, the base with the adapter disabled)."""
+
+
+class ORPOConfig(_MethodConfig, kw_only=True):
+    """Odds-ratio preference optimisation: SFT and preference in one pass, no reference model."""
+
+    learning_rate: Annotated[float, Meta(gt=0)] = 8e-6
+    """Peak learning rate."""
+    beta: Annotated[float, Meta(gt=0)] = 0.1
+    """Weight of the odds-ratio term (the paper's lambda)."""
+
+
+ENV_PREFIX = "FORGE_TRAIN_"
+
+C = TypeVar("C", bound=BaseTrainingConfig)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a dict.
+
+    Raises:
+        ConfigurationError: the file is missing, unreadable, not valid YAML/TOML, or not a mapping.
+    """
+    import tomllib
+    import yaml
+
+    source = Path(path)
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read config file {source}: {exc.strerror or exc}") from exc
+    suffix = source.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif suffix in {".yaml", ".yml", ".json"}:
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigurationError(
+                f"config file {source}: unknown extension {suffix!r} (use .yaml, .yml or .toml)"
+            )
+    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigurationError(f"config file {source} is not valid {suffix[1:].upper()}: {first}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigurationError(
+            f"config file {source} must hold a mapping of settings, not {type(data).__name__}"
+        )
+    return data
+
+
+def env_overrides(cls: type[BaseTrainingConfig], environ: dict[str, str] | None = None) -> dict[str, Any]:
+    """Top-level settings from ``FORGE_TRAIN_<FIELD>`` variables (e.g. ``FORGE_TRAIN_LEARNING_RATE``).
+
+    Values are parsed as YAML scalars, so ``3``, ``1e-4`` and ``true`` get their natural types.
+    Only names of fields of ``cls`` are read.
+    """
+    import yaml
+
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for name in cls.__struct_fields__:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        try:
+            out[name] = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            out[name] = raw
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _readable(exc: msgspec.ValidationError) -> str:
+    # msgspec says "Expected `int`, got `str` - at `$.lora.r`"; lead with the field instead.
+    text = str(exc)
+    match = re.match(r"^(?P<msg>.*) - at `\$\.?(?P<path>[^`]*)`$", text)
+    if match:
+        return f"field {match['path']!r}: {match['msg']}"
+    missing = re.match(r"^Object missing required field `(?P<f>[^`]+)`", text)
+    if missing:
+        return f"field {missing['f']!r} is required"
+    unknown = re.match(r"^Object contains unknown field `(?P<f>[^`]+)`", text)
+    if unknown:
+        return f"unknown field {unknown['f']!r}"
+    return text
+
+
+def build_config(
+    cls: type[C],
+    *,
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    use_env: bool = True,
+) -> C:
+    """Build a config from a file, ``FORGE_TRAIN_*`` env vars and explicit overrides (in that order).
+
+    Args:
+        cls: the config class (e.g. :class:`SFTConfig`).
+        file: optional YAML or TOML file.
+        overrides: settings that win over everything else (CLI flags); nested dicts merge.
+        use_env: read ``FORGE_TRAIN_<FIELD>`` variables.
+
+    Raises:
+        ConfigurationError: one line naming the bad field (and the file, if any).
+    """
+    data: dict[str, Any] = read_config_file(file) if file else {}
+    if use_env:
+        data = _merge(data, env_overrides(cls))
+    data = _merge(data, overrides or {})
+    try:
+        return msgspec.convert(data, cls, strict=False)
+    except msgspec.ValidationError as exc:
+        where = f" in {file}" if file else ""
+        raise ConfigurationError(f"invalid {cls.__name__}{where}: {_readable(exc)}") from exc

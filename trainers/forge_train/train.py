@@ -1,0 +1,210 @@
+"""The training functions of SDD §7.2: ``train_sft``, ``train_pretrain``, ``train_dpo``, ``train_orpo``.
+
+Each loads data and model, builds TRL's trainer (``SFTTrainer``, ``DPOTrainer``, or
+``trl.experimental`` ``ORPOTrainer``) and hands it to :func:`forge_train.runner.run_training`,
+which runs it and writes the outputs. Each returns the trainer.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from forge_sdk.errors import ConfigurationError
+from forge_train.config import BaseTrainingConfig, DPOConfig, ORPOConfig, PretrainConfig, SFTConfig
+from forge_train.data import load_dpo_dataset, load_pretrain_dataset, load_sft_dataset
+from forge_train.runner import common_training_args, load_model, load_tokenizer, lora_config, run_training
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+__all__ = ["train_dpo", "train_orpo", "train_pretrain", "train_sft"]
+
+
+def _need_dataset(cfg: BaseTrainingConfig, dataset: Dataset | None) -> None:
+    if dataset is None and not cfg.dataset_path:
+        raise ConfigurationError("dataset_path is required (--dataset FILE)")
+
+
+def _limit(cfg: BaseTrainingConfig) -> int | None:
+    return getattr(cfg, "max_samples", None)
+
+
+def train_sft(
+    config: SFTConfig, *, dataset: Dataset | None = None, callbacks: list[Any] | None = None
+) -> Any:
+    """Supervised fine-tuning with TRL's ``SFTTrainer`` (LoRA, QLoRA or full).
+
+    Args:
+        config: the run's settings.
+        dataset: a ready ``messages`` (or ``text``) dataset; default: load ``config.dataset_path``.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+
+    Returns:
+        The ``trl.SFTTrainer`` after training; the adapter/model is in ``config.output_dir``.
+
+    Raises:
+        forge_sdk.errors.LargeForgeAIError: bad config, data or model.
+    """
+    _need_dataset(config, dataset)
+    data = dataset if dataset is not None else load_sft_dataset(config.dataset_path, limit=_limit(config))
+    tokenizer = load_tokenizer(config.model_name)
+    if config.assistant_only_loss and "generation" not in (tokenizer.chat_template or ""):
+        raise ConfigurationError(
+            "assistant_only_loss needs a chat template with {% generation %} markers; this tokenizer's has none"
+        )
+
+    def factory(batch: int, accum: int, cbs: list[Any]) -> Any:
+        from trl import SFTConfig as TRLSFTConfig
+        from trl import SFTTrainer
+
+        args = TRLSFTConfig(
+            **common_training_args(config, batch, accum),
+            packing=config.packing,
+            assistant_only_loss=config.assistant_only_loss,
+        )
+        return SFTTrainer(
+            model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora_config(config),
+            callbacks=cbs,
+        )
+
+    return run_training(config, "sft", factory, callbacks=callbacks)
+
+
+def train_pretrain(
+    config: PretrainConfig, *, dataset: Dataset | None = None, callbacks: list[Any] | None = None
+) -> Any:
+    """Continued pre-training on raw text (causal LM loss on every token) with ``SFTTrainer``.
+
+    Packing concatenates the texts and cuts them into ``max_seq_length`` windows.
+
+    Args:
+        config: the run's settings.
+        dataset: a ready ``text`` dataset; default: load ``config.dataset_path``.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+
+    Returns:
+        The ``trl.SFTTrainer`` after training.
+
+    Raises:
+        forge_sdk.errors.LargeForgeAIError: bad config, data or model.
+    """
+    _need_dataset(config, dataset)
+    data = (
+        dataset
+        if dataset is not None
+        else load_pretrain_dataset(config.dataset_path, field=config.text_field, limit=_limit(config))
+    )
+    tokenizer = load_tokenizer(config.model_name)
+
+    def factory(batch: int, accum: int, cbs: list[Any]) -> Any:
+        from trl import SFTConfig as TRLSFTConfig
+        from trl import SFTTrainer
+
+        args = TRLSFTConfig(
+            **common_training_args(config, batch, accum),
+            dataset_text_field="text",
+            packing=config.packing,
+            # Classic pre-training packing: concatenate, then cut into full windows.
+            packing_strategy="wrapped",
+            completion_only_loss=False,
+        )
+        return SFTTrainer(
+            model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora_config(config),
+            callbacks=cbs,
+        )
+
+    return run_training(config, "pretrain", factory, callbacks=callbacks)
+
+
+def train_dpo(
+    config: DPOConfig, *, dataset: Dataset | None = None, callbacks: list[Any] | None = None
+) -> Any:
+    """Direct preference optimisation with TRL's ``DPOTrainer``.
+
+    With LoRA the reference model is the base with the adapter switched off, so no second copy
+    is loaded; ``config.ref_model`` names another one.
+
+    Args:
+        config: the run's settings.
+        dataset: a ready ``prompt``/``chosen``/``rejected`` dataset; default: load ``config.dataset_path``.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+
+    Returns:
+        The ``trl.DPOTrainer`` after training.
+
+    Raises:
+        forge_sdk.errors.LargeForgeAIError: bad config, data or model.
+    """
+    _need_dataset(config, dataset)
+    data = dataset if dataset is not None else load_dpo_dataset(config.dataset_path, limit=_limit(config))
+    tokenizer = load_tokenizer(config.model_name)
+
+    def factory(batch: int, accum: int, cbs: list[Any]) -> Any:
+        from trl import DPOConfig as TRLDPOConfig
+        from trl import DPOTrainer
+
+        args = TRLDPOConfig(
+            **common_training_args(config, batch, accum),
+            beta=config.beta,
+            loss_type=[config.loss_type],
+        )
+        ref = load_model(config.ref_model) if config.ref_model else None
+        return DPOTrainer(
+            model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
+            ref_model=ref,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora_config(config),
+            callbacks=cbs,
+        )
+
+    return run_training(config, "dpo", factory, callbacks=callbacks)
+
+
+def train_orpo(
+    config: ORPOConfig, *, dataset: Dataset | None = None, callbacks: list[Any] | None = None
+) -> Any:
+    """Odds-ratio preference optimisation with ``trl.experimental.orpo.ORPOTrainer``.
+
+    Args:
+        config: the run's settings.
+        dataset: a ready ``prompt``/``chosen``/``rejected`` dataset; default: load ``config.dataset_path``.
+        callbacks: extra ``transformers.TrainerCallback`` objects.
+
+    Returns:
+        The ``ORPOTrainer`` after training.
+
+    Raises:
+        forge_sdk.errors.LargeForgeAIError: bad config, data or model.
+    """
+    _need_dataset(config, dataset)
+    data = dataset if dataset is not None else load_dpo_dataset(config.dataset_path, limit=_limit(config))
+    tokenizer = load_tokenizer(config.model_name)
+
+    def factory(batch: int, accum: int, cbs: list[Any]) -> Any:
+        # ORPO lives in trl.experimental; we pin TRL, so its "unstable API" warning is noise.
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+        from trl.experimental.orpo import ORPOConfig as TRLORPOConfig
+        from trl.experimental.orpo import ORPOTrainer
+
+        args = TRLORPOConfig(**common_training_args(config, batch, accum), beta=config.beta)
+        return ORPOTrainer(
+            model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
+            peft_config=lora_config(config),
+            callbacks=cbs,
+        )
+
+    return run_training(config, "orpo", factory, callbacks=callbacks)
