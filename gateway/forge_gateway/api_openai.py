@@ -120,7 +120,7 @@ async def _stream_chat(
     yield _SSE_DONE
 
 
-@post("/v1/chat/completions")
+@post("/v1/chat/completions", status_code=200)
 async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes] | Stream:
     """OpenAI chat completions, streaming (SSE) or not."""
     req: ChatCompletionRequest = decode_body(await request.body(), ChatCompletionRequest)
@@ -213,7 +213,7 @@ async def _stream_completion(
     yield _SSE_DONE
 
 
-@post("/v1/completions")
+@post("/v1/completions", status_code=200)
 async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes] | Stream:
     """OpenAI (legacy) text completions."""
     req: CompletionRequest = decode_body(await request.body(), CompletionRequest)

@@ -51,7 +51,7 @@ def validation_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> erro
     param = None
     if " - at `$." in message:
         param = message.rsplit(" - at `$.", 1)[1].rstrip("`")
-    if isinstance(exc, msgspec.DecodeError):
+    if not isinstance(exc, msgspec.ValidationError):  # ValidationError subclasses DecodeError
         return errors.InvalidRequestError(f"request body is not valid JSON: {message}", code="invalid_json")
     return errors.InvalidRequestError(f"invalid request: {message}", param=param)
 

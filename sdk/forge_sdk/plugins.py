@@ -56,10 +56,13 @@ def get_plugin_manager(
         for ep in metadata.entry_points(group=hooks.PROJECT_NAME):
             if (allow is not None and ep.name not in allow) or ep.name in deny:
                 pm.set_blocked(ep.name)
-        try:
-            pm.load_setuptools_entrypoints(hooks.PROJECT_NAME)
-        except Exception as exc:  # a broken third-party plugin must not look like our bug
-            raise ConfigurationError(f"a forge plugin failed to load: {exc!r}") from exc
+                continue
+            try:
+                pm.load_setuptools_entrypoints(hooks.PROJECT_NAME, name=ep.name)
+            except Exception as exc:  # a broken third-party plugin must say who it is
+                raise ConfigurationError(
+                    f"plugin {ep.name!r} ({ep.value}) failed to load: {exc!r}; "
+                    f"uninstall it or set {DENYLIST_ENV}={ep.name}") from exc
     for plugin in plugins or []:
         pm.register(plugin)
     return pm
