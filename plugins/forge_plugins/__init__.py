@@ -1,1 +1,6 @@
-"""Built-in LargeForge plugins."""
+"""Built-in LargeForge plugins: the keyword / neural / hybrid query classifiers and default experts."""
+
+from forge_plugins.classifiers import HybridClassifier, KeywordClassifier, NeuralClassifier
+from forge_plugins.router_model import RouterModel
+
+__all__ = ["HybridClassifier", "KeywordClassifier", "NeuralClassifier", "RouterModel"]

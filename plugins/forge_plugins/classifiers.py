@@ -1,0 +1,208 @@
+"""The built-in query classifiers: ``keyword``, ``neural`` and ``hybrid`` (SDD §5.3, §8.2)."""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from forge_plugins.router_model import DEFAULT_MODEL_DIR, RouterModel
+from forge_sdk import Classification, Classifier, ExpertModel
+from forge_sdk.errors import ConfigurationError
+
+__all__ = ["HybridClassifier", "KeywordClassifier", "NeuralClassifier", "load_router_model"]
+
+_MODELS: dict[tuple[str, float], RouterModel] = {}
+_MODELS_LOCK = threading.Lock()
+
+
+def load_router_model(model_dir: str | Path | None = None) -> RouterModel:
+    """The router model in ``model_dir`` (default: the shipped one), loaded once per process.
+
+    Cached by path and modification time, so a retrained model in the same folder is picked up.
+
+    Raises:
+        forge_sdk.errors.ModelError: no readable model there.
+    """
+    folder = Path(model_dir).expanduser().resolve() if model_dir else DEFAULT_MODEL_DIR
+    meta = folder / "router.json"
+    key = (str(folder), meta.stat().st_mtime if meta.exists() else -1.0)
+    with _MODELS_LOCK:
+        model = _MODELS.get(key)
+        if model is None:
+            model = RouterModel.load(folder)
+            _MODELS[key] = model
+        return model
+
+
+def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ConfigurationError(
+            f"{name} classifier: unknown option(s) {', '.join(unknown)}; allowed: {', '.join(sorted(allowed)) or 'none'}"
+        )
+
+
+def _keyword_pattern(keyword: str) -> str:
+    # Lookarounds instead of \b so keywords that end in symbols ("c++", "c#") still match whole.
+    words = [re.escape(part) for part in keyword.strip().split()]
+    return r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
+
+
+class KeywordClassifier(Classifier):
+    """Whole-word, case-insensitive matching of the experts' ``keywords``.
+
+    One precompiled alternation covers every keyword of every expert; a named group per keyword
+    says whose it is. Confidence is high when the matches point at one expert, and shrinks with
+    the share of matches that went to other experts; no match gives the default expert at 0.1.
+    """
+
+    name = "keyword"
+    UNAMBIGUOUS = 0.9
+    """Confidence when every match points at one expert."""
+    NO_MATCH = 0.1
+    """Confidence of the default expert when nothing matches."""
+
+    def __init__(
+        self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
+    ) -> None:
+        _check_options(self.name, options, set())
+        self._pattern: re.Pattern[str] | None = None
+        self._owners: list[tuple[str, str]] = []
+        super().__init__(experts, default_expert=default_expert, **options)
+
+    def update_experts(self, experts: Sequence[ExpertModel]) -> None:
+        """Replace the experts and recompile the keyword pattern."""
+        super().update_experts(experts)
+        owners: list[tuple[str, str]] = []
+        parts: list[str] = []
+        seen: set[str] = set()
+        for expert in self.experts.values():
+            for keyword in expert.keywords:
+                folded = " ".join(keyword.lower().split())
+                if not folded or folded in seen:
+                    continue  # first expert to claim a keyword keeps it
+                seen.add(folded)
+                parts.append(f"(?P<k{len(owners)}>{_keyword_pattern(folded)})")
+                owners.append((expert.name, folded))
+        # Longer keywords first, so "machine learning" wins over "machine" at the same spot.
+        order = sorted(range(len(parts)), key=lambda i: -len(owners[i][1]))
+        self._owners = owners
+        self._pattern = re.compile("|".join(parts[i] for i in order), re.IGNORECASE) if parts else None
+
+    def matches(self, query: str) -> dict[str, list[str]]:
+        """Expert name to the keywords of it found in ``query``, in order of first appearance."""
+        found: dict[str, list[str]] = {}
+        if self._pattern is None:
+            return found
+        for match in self._pattern.finditer(query):
+            expert, keyword = self._owners[int(match.lastgroup[1:])]  # type: ignore[index]
+            found.setdefault(expert, []).append(keyword)
+        return found
+
+    def classify_with_confidence(self, query: str) -> Classification:
+        """Pick the expert with most keyword hits (earliest hit breaks ties)."""
+        found = self.matches(query)
+        if not found:
+            return Classification(self.default_expert, self.NO_MATCH, "default:no-keyword")
+        total = sum(len(hits) for hits in found.values())
+        expert = max(found, key=lambda name: len(found[name]))  # dicts keep first-hit order on ties
+        share = len(found[expert]) / total
+        if len(found) == 1:
+            return Classification(expert, self.UNAMBIGUOUS, f"keyword:{found[expert][0]}")
+        others = ",".join(sorted(found))
+        return Classification(expert, round(self.UNAMBIGUOUS * share, 4), f"keyword-ambiguous:{others}")
+
+
+class NeuralClassifier(Classifier):
+    """A trained tf-idf + logistic-regression router, run in numpy (tens of microseconds).
+
+    Options:
+        model_dir: folder written by ``forge-train router`` (default: the model shipped in
+            this package, trained on ``router_train.jsonl``).
+    """
+
+    name = "neural"
+
+    def __init__(
+        self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
+    ) -> None:
+        _check_options(self.name, options, {"model_dir"})
+        super().__init__(experts, default_expert=default_expert, **options)
+        self.model = load_router_model(options.get("model_dir"))
+
+    def predict(self, query: str) -> tuple[str, float]:
+        """The predicted specialization label of ``query`` and its probability."""
+        return self.model.predict(query)
+
+    def classify_with_confidence(self, query: str) -> Classification:
+        """Map the predicted label to an expert; confidence is the label's probability."""
+        if not query.strip():
+            return Classification(self.default_expert, 0.0, "default:empty")
+        label, prob = self.predict(query)
+        return Classification(self.expert_for_label(label), round(prob, 4), f"neural:{label}:{prob:.2f}")
+
+
+class HybridClassifier(Classifier):
+    """SDD §8.2 done with care: keywords when unambiguous, the neural model when sure, else default.
+
+    Keyword lists are precise but blind to context ("write a function" is code), so the neural
+    model may overrule an unambiguous keyword match, but only when it is very sure.
+
+    Options:
+        threshold: neural confidence needed to decide when no keyword decides (default 0.5).
+        override: neural confidence needed to overrule an unambiguous keyword (default 0.8).
+        model_dir: as for the neural classifier.
+    """
+
+    name = "hybrid"
+
+    def __init__(
+        self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
+    ) -> None:
+        _check_options(self.name, options, {"threshold", "override", "model_dir"})
+        self.keyword = KeywordClassifier(experts, default_expert=default_expert)
+        super().__init__(experts, default_expert=default_expert, **options)
+        self.neural = NeuralClassifier(
+            experts, default_expert=default_expert, **{k: v for k, v in options.items() if k == "model_dir"}
+        )
+        self.threshold = self._probability(options, "threshold", 0.5)
+        self.override = self._probability(options, "override", 0.8)
+
+    @staticmethod
+    def _probability(options: dict[str, Any], key: str, default: float) -> float:
+        value = options.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ConfigurationError(f"hybrid classifier: {key} must be a number in [0, 1], got {value!r}")
+        return float(value)
+
+    def update_experts(self, experts: Sequence[ExpertModel]) -> None:
+        """Replace the experts here and in the keyword and neural parts."""
+        super().update_experts(experts)
+        self.keyword.update_experts(experts)
+        if hasattr(self, "neural"):
+            self.neural.update_experts(experts)
+
+    def classify_with_confidence(self, query: str) -> Classification:
+        """Decide by keyword, neural model or default; ``reason`` names the path taken."""
+        found = self.keyword.matches(query)
+        label, prob = self.neural.predict(query) if query.strip() else (self.default_expert, 0.0)
+        neural_expert = self.neural.expert_for_label(label)
+        if len(found) == 1:
+            expert, hits = next(iter(found.items()))
+            if neural_expert == expert:
+                return Classification(
+                    expert,
+                    round(max(prob, KeywordClassifier.UNAMBIGUOUS), 4),
+                    f"keyword+neural:{hits[0]}:{prob:.2f}",
+                )
+            if prob < self.override:
+                return Classification(expert, KeywordClassifier.UNAMBIGUOUS, f"keyword:{hits[0]}")
+            return Classification(neural_expert, round(prob, 4), f"neural-override:{label}:{prob:.2f}")
+        if prob >= self.threshold:
+            return Classification(neural_expert, round(prob, 4), f"neural:{label}:{prob:.2f}")
+        return Classification(
+            self.default_expert, round(prob, 4), f"default:neural-unsure:{label}:{prob:.2f}"
+        )

@@ -1,0 +1,85 @@
+"""Text features of the neural router: word and char n-grams plus code/math shape tokens.
+
+One pure-Python featurizer serves both training and inference, so the shipped model needs no
+sklearn at run time and cannot drift from what it was trained on. Features are chosen to survive a
+change of style: everything is lower-cased (mixed case must not matter), digits collapse to ``0``
+(numbers are signals, their values are not), and there is deliberately no length feature, because
+in the training data length alone separates the classes and real traffic does not work that way.
+Long inputs are cut to a head and a tail window, which keeps latency bounded and keeps the
+question (usually at one end of pasted context) in view.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import Counter
+
+__all__ = ["HEAD_CHARS", "TAIL_CHARS", "clip", "extract"]
+
+HEAD_CHARS = 1200
+"""Characters kept from the start of a long query."""
+TAIL_CHARS = 600
+"""Characters kept from the end of a long query."""
+
+_WORD = re.compile(r"[a-z_]+|0+|[^\sa-z0-9_]")
+_DIGITS = re.compile(r"\d+")
+_SPACE = re.compile(r"[ \t]+")
+
+# Shape tokens: cheap regexes for what code and maths look like, whatever the words around them.
+_SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
+    ("indent", re.compile(r"\n(?: {2,}|\t)\S")),
+    ("fence", re.compile(r"```")),
+    ("semicolon_eol", re.compile(r";[ \t]*(?:\n|$)")),
+    ("brace_eol", re.compile(r"[{}][ \t]*(?:\n|$)")),
+    ("call", re.compile(r"[A-Za-z_][A-Za-z0-9_]*\([^()\n]{0,40}\)")),
+    ("dotted", re.compile(r"[A-Za-z_]+\.[A-Za-z_]+\(")),
+    ("assign", re.compile(r"[A-Za-z_][A-Za-z0-9_]*\s*(?:=|\+=|-=|==|!=|<=|>=|=>|->)\s*\S")),
+    ("snake_camel", re.compile(r"\b[a-z]+_[a-z_]+\b|\b[a-z]+[A-Z][a-z]+[A-Za-z]*\b")),
+    (
+        "keyword_def",
+        re.compile(
+            r"\b(?:def|return|import|elif|lambda|const|var|let|func|fn|void|public|static|#include|SELECT|FROM)\b"
+        ),
+    ),
+    ("latex", re.compile(r"\\[a-zA-Z]+|\$[^$\n]{1,80}\$")),
+    ("arith", re.compile(r"\d\s*[-+*/^\u00d7\u00f7=<>]\s*\(?\s*[\dA-Za-z]")),
+    ("power", re.compile(r"[A-Za-z0-9]\^\d|\b[a-z]\s*\^|\b[a-z]²|\d²")),
+    ("money_pct", re.compile(r"\$\s?\d|\d\s?%")),
+    ("variable_eq", re.compile(r"\b[a-z]\s*[=<>]\s*[-\d(a-z]")),
+    ("question", re.compile(r"\?\s*$")),
+    ("numbers3", re.compile(r"\d+\D+\d+\D+\d+")),
+)
+
+
+def clip(text: str) -> str:
+    """The part of ``text`` the router reads: all of it, or a head and a tail window."""
+    if len(text) <= HEAD_CHARS + TAIL_CHARS:
+        return text
+    return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+
+
+def extract(text: str) -> Counter[str]:
+    """Raw feature counts of ``text`` (before tf-idf weighting).
+
+    Keys are prefixed by kind: ``w:`` word, ``b:`` word bigram, ``c:`` char n-gram (3 to 5,
+    inside word boundaries), ``s:`` shape token.
+    """
+    text = clip(text)
+    feats: Counter[str] = Counter()
+    for name, pattern in _SHAPES:
+        hits = len(pattern.findall(text))
+        if hits:
+            feats["s:" + name] = hits
+    lower = _DIGITS.sub("0", text.lower())
+    words = _WORD.findall(lower)
+    feats.update("w:" + w for w in words)
+    feats.update("b:" + a + " " + b for a, b in itertools.pairwise(words))
+    for word in _SPACE.sub(" ", lower).split():
+        padded = f" {word} "
+        n = len(padded)
+        for size in (3, 4, 5):
+            if size > n:
+                break
+            feats.update("c:" + padded[i : i + size] for i in range(n - size + 1))
+    return feats

@@ -1,0 +1,121 @@
+"""``forge-train router`` and ``forge-train router-eval``: train and score the neural router."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from forge_sdk import TrainingMethod, TrainingResult
+from forge_sdk.errors import ConfigurationError
+
+__all__ = ["RouterEvalMethod", "RouterTrainMethod"]
+
+
+class RouterTrainMethod(TrainingMethod):
+    """Train the neural router on ``{"query", "label"}`` JSON lines.
+
+    The shipped model was built with (from the repository root)::
+
+        forge-train router --data /work/shared/data/router_train.jsonl \\
+            --filler /work/shared/data/pretrain_gutenberg_5mb.txt \\
+            --code-chat /work/shared/data/sft_alpaca_2k.jsonl --code-chat-source codealpaca \\
+            --output plugins/forge_plugins/models/router
+    """
+
+    name = "router"
+    help = "train the neural query router (tf-idf + logistic regression, numpy inference)"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Flags: --data, --output, optional augmentation sources and hyper-parameters."""
+        parser.add_argument(
+            "--data", required=True, help='labelled JSONL: {"query": ..., "label": ...} per line'
+        )
+        parser.add_argument("--output", required=True, help="folder to write router.npz and router.json into")
+        parser.add_argument("--filler", help="plain-text file whose paragraphs serve as pasted context")
+        parser.add_argument(
+            "--code-chat", help="chat JSONL of code requests and answers, added as code examples"
+        )
+        parser.add_argument(
+            "--code-chat-source", default="", help="keep only --code-chat rows whose source contains this"
+        )
+        parser.add_argument(
+            "--code-label", default="code", help="label of the --code-chat examples (default: code)"
+        )
+        parser.add_argument("--no-augment", action="store_true", help="train on --data as given")
+        parser.add_argument(
+            "--c", type=float, default=10.0, help="inverse regularisation strength (default: 10)"
+        )
+        parser.add_argument("--seed", type=int, default=20240917, help="augmentation seed")
+
+    def run(self, args: argparse.Namespace) -> TrainingResult:
+        """Train, save and report the training-set fit.
+
+        Raises:
+            forge_sdk.errors.DataError: a bad record (the message names file and line).
+            forge_sdk.errors.ConfigurationError: a bad flag value.
+        """
+        from forge_plugins.router_training import (
+            evaluate,
+            load_code_chat,
+            load_filler,
+            load_labelled,
+            train_router,
+        )
+
+        if args.c <= 0:
+            raise ConfigurationError(f"--c must be positive, got {args.c}")
+        records = load_labelled(args.data)
+        filler = load_filler(args.filler) if args.filler else []
+        pairs = (
+            load_code_chat(args.code_chat, source_contains=args.code_chat_source) if args.code_chat else []
+        )
+        model = train_router(
+            records,
+            filler=filler,
+            code_pairs=pairs,
+            code_label=args.code_label,
+            augment=not args.no_augment,
+            c=args.c,
+            seed=args.seed,
+        )
+        model.meta["data"] = Path(args.data).name
+        out = model.save(args.output)
+        fit = evaluate(lambda q: model.predict(q)[0], records)
+        metrics = {"train_accuracy": fit["accuracy"], "train_macro_f1": fit["macro_f1"], **model.meta}
+        print(json.dumps({"output_dir": str(out), **metrics}, indent=2))
+        return TrainingResult(output_dir=str(out), metrics=metrics)
+
+
+class RouterEvalMethod(TrainingMethod):
+    """Score a router model on labelled JSONL; prints accuracy, macro_f1, per_class and n as JSON."""
+
+    name = "router-eval"
+    help = "evaluate a neural router model on labelled queries"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Flags: --model (default: the shipped model) and --data."""
+        parser.add_argument("--model", help="model folder (default: the model shipped with forge-plugins)")
+        parser.add_argument(
+            "--data", required=True, help='labelled JSONL: {"query": ..., "label": ...} per line'
+        )
+
+    def run(self, args: argparse.Namespace) -> TrainingResult:
+        """Evaluate and print the report.
+
+        Raises:
+            forge_sdk.errors.DataError: a bad record.
+            forge_sdk.errors.ModelError: no readable model in --model.
+        """
+        from forge_plugins.router_model import DEFAULT_MODEL_DIR, RouterModel
+        from forge_plugins.router_training import evaluate, load_labelled
+
+        folder = Path(args.model) if args.model else DEFAULT_MODEL_DIR
+        model = RouterModel.load(folder)
+        records = load_labelled(args.data)
+        report = evaluate(lambda q: model.predict(q)[0], records)
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return TrainingResult(output_dir=str(folder), metrics=report)

@@ -1,0 +1,24 @@
+"""Plugin module registering the built-in classifiers and the router training commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from forge_plugins.classifiers import HybridClassifier, KeywordClassifier, NeuralClassifier
+from forge_plugins.router_methods import RouterEvalMethod, RouterTrainMethod
+from forge_sdk import hookimpl
+
+
+@hookimpl
+def register_classifiers(register: Callable[[Any], None]) -> None:
+    """Register ``keyword``, ``neural`` and ``hybrid``."""
+    for cls in (KeywordClassifier, NeuralClassifier, HybridClassifier):
+        register(cls)
+
+
+@hookimpl
+def register_training_methods(register: Callable[[Any], None]) -> None:
+    """Register ``router`` and ``router-eval``."""
+    register(RouterTrainMethod)
+    register(RouterEvalMethod)
