@@ -70,8 +70,9 @@ class ExpertCatalog:
         self._plugin_experts = {e.name: e for e in plugin_experts}
         self.registry = ExpertRegistry(registry_path) if registry_path else None
         self._mtime = self.registry.mtime() if self.registry else None
-        self._lora_ids: dict[str, int] = {}
-        self._lock = threading.Lock()
+        self._loras: dict[tuple[str, str], LoraSpec] = {}
+        self._next_lora_id = 0
+        self._lock = threading.RLock()
         self.experts: dict[str, ExpertModel] = {}
         self.classifier: Classifier | None = None
         self.on_change: list[Callable[[dict[str, ExpertModel], dict[str, ExpertModel]], None]] = []
@@ -80,12 +81,17 @@ class ExpertCatalog:
 
     # --- catalog ---------------------------------------------------------------------------
 
-    def _rebuild(self) -> None:
+    def _merged(self) -> dict[str, ExpertModel]:
         experts = dict(self._plugin_experts)
         if self.registry:
             experts.update(self.registry.experts)
-        if self.base_model_name in experts and experts[self.base_model_name].kind != "base":
+        clash = experts.get(self.base_model_name)
+        if clash is not None and clash.kind != "base":
             raise ConfigurationError(f"expert name {self.base_model_name!r} clashes with the base model name")
+        return experts
+
+    def _rebuild(self) -> None:
+        experts = self._merged()
         old, self.experts = self.experts, experts
         if self.classifier is not None:
             self.classifier.update_experts(list(experts.values()))
@@ -107,14 +113,17 @@ class ExpertCatalog:
         if not force and mtime == self._mtime:
             return False
         with self._lock:
+            previous = dict(self.registry.experts)
             try:
                 if mtime is not None:
                     self.registry.load()
                 else:
                     self.registry.experts = {}
+                self._merged()
             except ConfigurationError as exc:
                 # A broken edit must not take the gateway down: keep serving the last good set.
-                log.error("registry_reload_failed", error=str(exc))
+                self.registry.experts = previous
+                log.error("registry_reload_failed", error=exc.message)
                 self._mtime = mtime
                 return False
             self._mtime = mtime
@@ -123,7 +132,15 @@ class ExpertCatalog:
         return True
 
     def register(self, expert: ExpertModel) -> None:
-        """Add an expert at runtime (persisted when there is a registry file)."""
+        """Add or replace an expert at runtime (persisted when there is a registry file).
+
+        Raises:
+            ConfigurationError: the name clashes with the base model.
+        """
+        if expert.name == self.base_model_name and expert.kind != "base":
+            raise ConfigurationError(f"expert name {expert.name!r} clashes with the base model name")
+        # Pick up edits made to the file by others first, so saving cannot overwrite them.
+        self.refresh(force=True)
         with self._lock:
             if self.registry:
                 self.registry.register(expert)
@@ -138,6 +155,7 @@ class ExpertCatalog:
         Raises:
             ModelNotFoundError: no such expert.
         """
+        self.refresh(force=True)
         with self._lock:
             if self.registry and name in self.registry.experts:
                 self.registry.unregister(name)
@@ -149,12 +167,27 @@ class ExpertCatalog:
             self._rebuild()
 
     def lora_for(self, expert: ExpertModel) -> LoraSpec | None:
-        """The engine LoRA handle of an adapter expert (ids are stable per name)."""
+        """The engine LoRA handle of an adapter expert.
+
+        Ids are stable per (name, adapter folder): re-registering a name with another folder gets
+        a fresh id, because engines cache adapter weights by id.
+        """
         if expert.kind != "adapter" or not expert.adapter_path:
             return None
-        if expert.name not in self._lora_ids:
-            self._lora_ids[expert.name] = len(self._lora_ids) + 1
-        return LoraSpec(expert.name, str(Path(expert.adapter_path).expanduser()), self._lora_ids[expert.name])
+        path = str(Path(expert.adapter_path).expanduser())
+        key = (expert.name, path)
+        spec = self._loras.get(key)
+        if spec is None:
+            with self._lock:
+                spec = self._loras.get(key)
+                if spec is None:
+                    self._next_lora_id += 1
+                    spec = self._loras[key] = LoraSpec(expert.name, path, self._next_lora_id)
+        return spec
+
+    def loaded_loras(self, name: str) -> list[LoraSpec]:
+        """Every handle ever given out for expert ``name`` (to unload them all)."""
+        return [spec for (n, _), spec in self._loras.items() if n == name]
 
     def servable(self, expert: ExpertModel) -> bool:
         """Whether this gateway can serve the expert at all."""
