@@ -180,3 +180,39 @@ def test_vocab_mismatch_and_bad_input(models, tmp_path):
         train_distill(_config(teacher, student, tmp_path), tmp_path / "missing.jsonl")
     with pytest.raises(DataError, match="record 0"):
         train_distill(_config(teacher, student, tmp_path), [{"foo": "bar"}])
+
+
+def test_forge_train_distill_cli_vocab_mismatch(models, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from forge_gateway.tiny_model import build_tiny_model
+
+    exe = shutil.which("forge-train") or str(Path(sys.executable).with_name("forge-train"))
+    if not Path(exe).exists():
+        pytest.skip("forge-train console script not installed")
+    teacher, _, _ = models
+    other = build_tiny_model(tmp_path / "other", vocab_size=300)
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "hello world"}) + "\n")
+    proc = subprocess.run(
+        [
+            exe,
+            "distill",
+            "--teacher",
+            str(teacher),
+            "--student",
+            str(other),
+            "--dataset",
+            str(data),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 1
+    assert "different vocabularies" in proc.stderr and "Traceback" not in proc.stderr

@@ -92,3 +92,40 @@ def test_merge_errors(base_and_adapter, tmp_path):
     )
     with pytest.raises(ModelError, match="does not fit"):
         merge_lora_weights(narrow, adapter, tmp_path / "out")
+
+
+def test_forge_train_merge_cli(base_and_adapter, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = shutil.which("forge-train") or str(Path(sys.executable).with_name("forge-train"))
+    if not Path(exe).exists():
+        pytest.skip("forge-train console script not installed")
+    base, adapter, _ = base_and_adapter
+    ok = subprocess.run(
+        [exe, "merge", "--base", str(base), "--adapter", str(adapter), "--output", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "m" / "config.json").is_file()
+    bad = subprocess.run(
+        [
+            exe,
+            "merge",
+            "--base",
+            str(base),
+            "--adapter",
+            str(tmp_path / "nope"),
+            "--output",
+            str(tmp_path / "m2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 1
+    assert "adapter folder not found" in bad.stderr and "Traceback" not in bad.stderr

@@ -8,6 +8,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,26 +45,29 @@ def quantized(tiny, tmp_path_factory):
         for i in range(16)
     ]
     calib.write_text("\n".join(json.dumps(r) for r in rows))
-    parser = argparse.ArgumentParser()
-    QuantizeCommand.add_arguments(parser)
-    args = parser.parse_args(
-        [
-            "--method",
-            "gptq",
-            "--model",
-            str(tiny),
-            "--output",
-            str(root / "gptq"),
-            "--group-size",
-            "32",
-            "--calibration",
-            str(calib),
-        ]
-    )
-    result = QuantizeCommand().run(args)
-    assert result.metrics["method"] == "gptq"
+    argv = [
+        "--method",
+        "gptq",
+        "--model",
+        str(tiny),
+        "--output",
+        str(root / "gptq"),
+        "--group-size",
+        "32",
+        "--calibration",
+        str(calib),
+    ]
+    exe = shutil.which("forge-train") or str(Path(sys.executable).with_name("forge-train"))
+    if Path(exe).exists():  # through the real command, as a user runs it
+        proc = subprocess.run([exe, "quantize", *argv], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        assert "quantize done" in proc.stdout
+    else:
+        parser = argparse.ArgumentParser()
+        QuantizeCommand.add_arguments(parser)
+        QuantizeCommand().run(parser.parse_args(argv))
     awq = quantize_awq(tiny, root / "awq", bits=4, group_size=64)  # built-in calibration sample
-    return {"gptq": result.output_dir, "awq": awq}
+    return {"gptq": str(root / "gptq"), "awq": awq}
 
 
 @pytest.mark.parametrize(("method", "group_size", "symmetric"), [("gptq", 32, True), ("awq", 64, False)])
@@ -143,3 +150,28 @@ def test_unknown_method_lists_available(tiny, tmp_path):
     args = parser.parse_args(["--method", "hqq", "--model", str(tiny), "--output", str(tmp_path / "o")])
     with pytest.raises(ConfigurationError, match="available: awq, gptq"):
         QuantizeCommand().run(args)
+
+
+def test_forge_train_quantize_cli_bad_calibration(tiny, tmp_path):
+    exe = shutil.which("forge-train") or str(Path(sys.executable).with_name("forge-train"))
+    if not Path(exe).exists():
+        pytest.skip("forge-train console script not installed")
+    proc = subprocess.run(
+        [
+            exe,
+            "quantize",
+            "--method",
+            "awq",
+            "--model",
+            str(tiny),
+            "--output",
+            str(tmp_path / "o"),
+            "--calibration",
+            str(tmp_path / "missing.txt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "calibration file not found" in proc.stderr and "Traceback" not in proc.stderr
