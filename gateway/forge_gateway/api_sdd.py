@@ -5,19 +5,43 @@ These follow the SDD's shapes; ``/v1`` follows OpenAI where the two disagree.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import Parameter
 
+from forge_gateway.api_admin import expert_entry
 from forge_gateway.api_openai import decode_body, route_headers
 from forge_gateway.generation import plan_generation, run_to_completion
+from forge_gateway.routing import Target
+from forge_gateway.security import admit, estimate_remote_tokens
 from forge_gateway.state import Gateway
-from forge_sdk.errors import InvalidRequestError
+from forge_sdk.errors import ExpertUnavailableError, InvalidRequestError, UpstreamError
 from forge_sdk.types import GenerateRequest, GenerateResponse, RouteDecision, message_text
 
 __all__ = ["sdd_routes"]
+
+
+class _UpstreamMessage(msgspec.Struct):
+    content: str | None = None
+
+
+class _UpstreamChoice(msgspec.Struct):
+    message: _UpstreamMessage
+
+
+class _UpstreamUsage(msgspec.Struct):
+    total_tokens: int | None = None
+
+
+class _UpstreamChat(msgspec.Struct):
+    """The part of an upstream's chat completion that ``/generate`` needs."""
+
+    choices: list[_UpstreamChoice]
+    usage: _UpstreamUsage | None = None
+
 
 _encode = msgspec.json.Encoder().encode
 
@@ -47,10 +71,7 @@ def experts(gateway: Gateway) -> Response[bytes]:
     catalog.refresh()
     out = []
     for expert in catalog.experts.values():
-        entry = expert.to_dict()
-        entry["kind"] = expert.kind
-        entry["endpoint"] = expert.endpoint or "local"
-        entry["servable"] = catalog.servable(expert)
+        entry = expert_entry(catalog, expert)
         entry["status"] = (
             gateway.upstreams.status(expert.name) if expert.kind == "remote" else {"state": "ok"}
         )
@@ -59,14 +80,15 @@ def experts(gateway: Gateway) -> Response[bytes]:
 
 
 @post("/route", status_code=200)
-async def route(gateway: Gateway, query: str) -> Response[bytes]:
+async def route(gateway: Gateway, text: Annotated[str, Parameter(query="query")]) -> Response[bytes]:
     """Routing decision for ``?query=``: expert, endpoint, classifier confidence and why."""
-    if not query.strip():
+    # ``query`` is a reserved handler kwarg in Litestar, hence the alias.
+    if not text.strip():
         raise InvalidRequestError("query must not be empty", param="query")
     target = (
-        await anyio.to_thread.run_sync(gateway.catalog.route, query)
-        if len(query) > 4096
-        else gateway.catalog.route(query)
+        await anyio.to_thread.run_sync(gateway.catalog.route, text)
+        if len(text) > 4096
+        else gateway.catalog.route(text)
     )
     classifier = gateway.catalog.classifier
     endpoint = target.expert.endpoint if target.expert and target.expert.endpoint else "local"
@@ -80,7 +102,47 @@ async def route(gateway: Gateway, query: str) -> Response[bytes]:
     return _json(decision, headers=route_headers(target))
 
 
-@post("/generate")
+async def _generate_remote(
+    gateway: Gateway, target: Target, req: GenerateRequest, messages: list[dict[str, str]]
+) -> tuple[Response[bytes] | None, Target]:
+    """``/generate`` on a remote expert through its chat API; ``(None, fallback)`` when it fails."""
+    expert = target.expert
+    assert expert is not None
+    body = _encode(
+        {
+            "model": expert.upstream_model or expert.name,
+            "messages": messages,
+            "max_tokens": req.max_tokens,
+            "temperature": req.temperature,
+        }
+    )
+    try:
+        reply = await gateway.upstreams.call(target, body, "chat/completions", stream=False)
+    except (UpstreamError, ExpertUnavailableError) as exc:
+        why = (
+            "cooldown"
+            if isinstance(exc, ExpertUnavailableError)
+            else "timeout"
+            if exc.status_code == 504
+            else "error"
+        )
+        return None, gateway.catalog.fallback(target, why)
+    headers = route_headers(target)
+    if reply.status >= 400:
+        response = Response(
+            reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
+        )
+        return response, target
+    try:
+        data = msgspec.json.decode(reply.body, type=_UpstreamChat)
+        text = data.choices[0].message.content or ""
+    except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
+        raise UpstreamError(f"expert {expert.name!r} answered a malformed chat completion: {exc}") from exc
+    tokens = data.usage.total_tokens if data.usage else None
+    return _json(GenerateResponse(text=text, expert=target.expert_name, tokens_used=tokens), headers), target
+
+
+@post("/generate", status_code=200)
 async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes]:
     """Generate with automatic routing (or the ``expert`` given), SDD §7.1 shapes."""
     req: GenerateRequest = decode_body(await request.body(), GenerateRequest)
@@ -94,28 +156,11 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
     )
     target = gateway.catalog.resolve(req.expert or "auto", lambda: text)
     if target.expert is not None and target.expert.kind == "remote":
-        from forge_sdk.types import ChatCompletionRequest, ChatMessage
-
-        chat = ChatCompletionRequest(
-            model=target.expert_name,
-            messages=[
-                ChatMessage(role=m["role"], content=m["content"])  # type: ignore[arg-type]
-                for m in (messages or [{"role": "user", "content": text}])
-            ],
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-        )
-        response, target = await gateway.forward_remote(target, chat, "chat/completions")
-        if response is not None:
-            if response.status_code >= 400:
-                return response  # type: ignore[no-any-return]
-            data = msgspec.json.decode(response.content)
-            answer = GenerateResponse(
-                text=data["choices"][0]["message"]["content"] or "",
-                expert=target.expert_name,
-                tokens_used=(data.get("usage") or {}).get("total_tokens"),
-            )
-            return _json(answer, headers=route_headers(target))
+        chat = messages or [{"role": "user", "content": text}]
+        await admit(target, estimate_remote_tokens(len(await request.body()), req.max_tokens, 1, gateway.config.limits))
+        answer, target = await _generate_remote(gateway, target, req, chat)
+        if answer is not None:
+            return answer
     engine = gateway.engine_for(target)
     plan = await plan_generation(
         engine,
@@ -131,6 +176,7 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
         lora=target.lora,
         id_prefix="gen",
     )
+    await admit(target, plan.prompt_tokens + plan.sampling.max_tokens)
     choices = await gateway.with_timeout(run_to_completion(engine, plan))
     completion = choices[0].completion_tokens
     gateway.record_usage(target, plan.prompt_tokens, completion, engine.name)

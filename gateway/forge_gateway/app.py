@@ -10,6 +10,7 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
+from forge_gateway.api_admin import admin_routes
 from forge_gateway.api_openai import openai_routes
 from forge_gateway.api_sdd import sdd_routes
 from forge_gateway.config import GatewayConfig
@@ -46,7 +47,7 @@ def create_app(
             await gateway.stop()
 
     app = Litestar(
-        route_handlers=[*openai_routes, *sdd_routes],
+        route_handlers=[*openai_routes, *sdd_routes, *admin_routes],
         dependencies={"gateway": Provide(lambda: gateway, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
         lifespan=[lifespan],

@@ -64,6 +64,12 @@ class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Expert used when the classifier is unsure or the chosen expert is unavailable."""
     options: dict[str, Any] = field(default_factory=dict)
     """Classifier-specific options (e.g. ``threshold``, ``model_dir``)."""
+    retry_base_delay: Annotated[float, Meta(ge=0)] = 1.0
+    """First backoff delay before retrying a remote expert, seconds (SDD §9.3); doubles per retry."""
+    failure_threshold: Positive = 3
+    """Consecutive failed requests after which a remote expert cools down."""
+    cooldown_s: Annotated[float, Meta(ge=0)] = 30.0
+    """How long a failing remote expert is skipped (its requests fall back), seconds."""
 
 
 class LimitsConfig(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -11,11 +11,17 @@ import pluggy
 import structlog
 
 from forge_gateway.config import GatewayConfig
-from forge_gateway.engines.base import Engine
+from forge_gateway.engines.base import Engine, LoraSpec
 from forge_gateway.routing import ExpertCatalog, Target
 from forge_gateway.upstream import UpstreamPool
 from forge_sdk.classifiers import Classifier
-from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, RequestTimeoutError, UpstreamError
+from forge_sdk.errors import (
+    ConfigurationError,
+    ExpertUnavailableError,
+    RequestTimeoutError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from forge_sdk.experts import ExpertModel
 from forge_sdk.plugins import collect
 
@@ -23,6 +29,8 @@ __all__ = ["Gateway", "UsageListener"]
 
 T = TypeVar("T")
 log = structlog.get_logger("forge_gateway")
+
+_FALLBACK_WHY = {ExpertUnavailableError: "cooldown", UpstreamTimeoutError: "timeout", UpstreamError: "error"}
 
 UsageListener = Callable[[Target, int, int, str], None]
 """Called after each request with (target, prompt_tokens, completion_tokens, engine name)."""
@@ -55,7 +63,14 @@ class Gateway:
             pm, "register_classifiers", key=lambda c: c.name
         )
         self.catalog.classifier = self._build_classifier()
-        self.upstreams = UpstreamPool(default_expert=config.router.default_expert)
+        router = config.router
+        self.upstreams = UpstreamPool(
+            default_expert=router.default_expert,
+            failure_threshold=router.failure_threshold,
+            cooldown_s=router.cooldown_s,
+            retry_base_delay=router.retry_base_delay,
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
         self.catalog.on_change.append(self._on_experts_changed)
 
     def _build_classifier(self) -> Classifier | None:
@@ -75,9 +90,31 @@ class Gateway:
         )
 
     def _on_experts_changed(self, old: dict[str, ExpertModel], new: dict[str, ExpertModel]) -> None:
-        # Adapters that left the catalog are unloaded lazily by the engine's LRU; nothing to do
-        # for remote experts except forgetting their circuit state.
-        self.upstreams.forget([name for name in old if name not in new])
+        gone = [name for name in old if name not in new or new[name] != old[name]]
+        self.upstreams.forget(gone)
+        # Unload adapters that left or changed, so the engine frees them and a re-registered
+        # name never serves stale weights (new folders get new ids in the catalog).
+        for name in gone:
+            if old[name].kind == "adapter" and self.engine.supports_lora:
+                for spec in self.catalog.loaded_loras(name):
+                    if name not in new or spec != self.catalog.lora_for(new[name]):
+                        self._background(self._unload(spec))
+
+    def _background(self, coro: Awaitable[None]) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # changed outside the event loop (start-up): nothing is loaded yet
+            coro.close()  # type: ignore[attr-defined]
+            return
+        task = loop.create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _unload(self, spec: LoraSpec) -> None:
+        try:
+            await self.engine.remove_lora(spec)
+        except Exception as exc:  # unloading is best effort: the engine's LRU evicts it anyway
+            log.warning("lora_unload_failed", adapter=spec.name, error=str(exc))
 
     def engine_for(self, target: Target) -> Engine:
         """The engine that serves a local target."""
@@ -91,10 +128,10 @@ class Gateway:
             ``(None, fallback_target)`` when the caller must serve it locally.
         """
         try:
-            return await self.upstreams.forward(self, target, request, path), target
+            return await self.upstreams.forward(target, request, path), target
         except (UpstreamError, ExpertUnavailableError) as exc:
             log.warning("expert_fallback", expert=target.expert_name, error=exc.message)
-            return None, self.catalog.fallback(target, "unavailable")
+            return None, self.catalog.fallback(target, _FALLBACK_WHY.get(type(exc), "error"))
 
     async def with_timeout(self, awaitable: Awaitable[T]) -> T:
         """Await with the configured request timeout (504 when it runs out)."""

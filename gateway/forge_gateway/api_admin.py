@@ -1,0 +1,162 @@
+"""Admin API: register and remove experts, load and unload adapters, without a restart.
+
+Every route lives under ``/admin/`` so the security layer's middleware can demand an admin key
+for all of them; nothing here checks keys itself. Changes go through the expert catalog, so
+they are saved to the registry file (when there is one) and survive a restart.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from litestar import Request, Response, delete, post
+
+from forge_gateway.routing import ExpertCatalog
+from forge_gateway.state import Gateway
+from forge_sdk.errors import InvalidRequestError, ModelError, ModelNotFoundError
+from forge_sdk.experts import ExpertModel
+
+__all__ = ["admin_routes"]
+
+_encode = msgspec.json.Encoder().encode
+
+
+def _json(obj: Any, status: int = 200) -> Response[bytes]:
+    return Response(_encode(obj), status_code=status, media_type="application/json")
+
+
+def expert_entry(catalog: ExpertCatalog, expert: ExpertModel) -> dict[str, Any]:
+    """An expert as the API shows it: its fields plus how this gateway serves it."""
+    entry = expert.to_dict()
+    entry["kind"] = expert.kind
+    entry["endpoint"] = expert.endpoint or "local"
+    entry["servable"] = catalog.servable(expert)
+    return entry
+
+
+def _decode_expert(raw: bytes) -> ExpertModel:
+    try:
+        return msgspec.json.decode(raw, type=ExpertModel)
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        param = message.rsplit(" - at `$.", 1)[1].rstrip("`") if " - at `$." in message else None
+        raise InvalidRequestError(f"invalid expert: {message}", param=param) from exc
+
+
+def _check_adapter_folder(expert: ExpertModel) -> None:
+    folder = Path(str(expert.adapter_path)).expanduser()
+    if not folder.is_dir():
+        raise InvalidRequestError(
+            f"adapter_path {expert.adapter_path!r} is not a folder on the gateway host", param="adapter_path"
+        )
+    if not (folder / "adapter_config.json").is_file():
+        raise InvalidRequestError(
+            f"adapter_path {expert.adapter_path!r} holds no adapter_config.json (not a PEFT LoRA adapter)",
+            param="adapter_path",
+        )
+
+
+async def _load(gateway: Gateway, expert: ExpertModel) -> None:
+    """Load an adapter expert's weights into the engine, as a 400 when they are unusable."""
+    spec = gateway.catalog.lora_for(expert)
+    assert spec is not None
+    try:
+        await gateway.engine.add_lora(spec)
+    except (ModelError, ModelNotFoundError) as exc:
+        raise InvalidRequestError(
+            f"cannot load adapter of expert {expert.name!r}: {exc.message}", param="adapter_path"
+        ) from exc
+
+
+def _validate(gateway: Gateway, expert: ExpertModel) -> None:
+    catalog = gateway.catalog
+    if expert.name in (catalog.base_model_name, "auto"):
+        raise InvalidRequestError(f"expert name {expert.name!r} is reserved", param="name")
+    kinds = [bool(expert.adapter_path), bool(expert.endpoint), bool(expert.model_path)]
+    if sum(kinds) > 1:
+        raise InvalidRequestError(
+            "give at most one of adapter_path, endpoint and model_path", param="adapter_path"
+        )
+    if expert.endpoint and not expert.endpoint.startswith(("http://", "https://")):
+        raise InvalidRequestError("endpoint must be an http:// or https:// URL", param="endpoint")
+    if expert.kind == "adapter":
+        if not catalog.lora_enabled:
+            raise InvalidRequestError(
+                "this gateway's engine serves no LoRA adapters (start it with LoRA enabled)",
+                param="adapter_path",
+            )
+        _check_adapter_folder(expert)
+
+
+@post("/admin/experts", status_code=201)
+async def register_expert(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes]:
+    """Register (or replace) an expert from an ``ExpertModel`` JSON body.
+
+    An adapter expert's weights are loaded into the engine before it is registered, so a bad
+    adapter is a 400 and never reaches the catalog.
+    """
+    expert = _decode_expert(await request.body())
+    _validate(gateway, expert)
+    if expert.kind == "adapter":
+        await _load(gateway, expert)
+    replaced = expert.name in gateway.catalog.experts
+    gateway.catalog.register(expert)
+    entry = expert_entry(gateway.catalog, expert)
+    entry["replaced"] = replaced
+    return _json(entry, status=201)
+
+
+def _expert(gateway: Gateway, name: str) -> ExpertModel:
+    gateway.catalog.refresh()
+    expert = gateway.catalog.experts.get(name)
+    if expert is None:
+        raise ModelNotFoundError(f"no expert named {name!r}", param="name")
+    return expert
+
+
+@delete("/admin/experts/{name:str}", status_code=200)
+async def unregister_expert(name: str, gateway: Gateway) -> Response[bytes]:
+    """Remove an expert; its adapter, if any, is unloaded from the engine."""
+    expert = _expert(gateway, name)
+    specs = gateway.catalog.loaded_loras(name)
+    gateway.catalog.unregister(name)
+    unloaded = []
+    if expert.kind == "adapter" and gateway.engine.supports_lora:
+        for spec in specs:
+            await gateway.engine.remove_lora(spec)
+            unloaded.append(spec.path)
+    return _json({"deleted": name, "kind": expert.kind, "unloaded": unloaded})
+
+
+def _adapter_expert(gateway: Gateway, name: str) -> ExpertModel:
+    expert = _expert(gateway, name)
+    if expert.kind != "adapter":
+        raise InvalidRequestError(f"expert {name!r} is a {expert.kind} expert, not a LoRA adapter", param="name")
+    if not gateway.catalog.lora_enabled:
+        raise InvalidRequestError("this gateway's engine serves no LoRA adapters", param="name")
+    return expert
+
+
+@post("/admin/adapters/{name:str}/load", status_code=200)
+async def load_adapter(name: str, gateway: Gateway) -> Response[bytes]:
+    """Load a registered adapter expert into the engine now (no first-request delay)."""
+    expert = _adapter_expert(gateway, name)
+    _check_adapter_folder(expert)
+    await _load(gateway, expert)
+    return _json({"expert": name, "loaded": True})
+
+
+@post("/admin/adapters/{name:str}/unload", status_code=200)
+async def unload_adapter(name: str, gateway: Gateway) -> Response[bytes]:
+    """Free an adapter's engine memory; the next request for it loads it again."""
+    _adapter_expert(gateway, name)
+    for spec in gateway.catalog.loaded_loras(name):
+        await gateway.engine.remove_lora(spec)
+    return _json({"expert": name, "loaded": False})
+
+
+admin_routes = [register_expert, unregister_expert, load_adapter, unload_adapter]

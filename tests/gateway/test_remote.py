@@ -1,0 +1,392 @@
+"""Remote experts through a live gateway: proxying, streaming, retries, timeouts, cooldown, fallback.
+
+A small real HTTP server on 127.0.0.1 stands in for an external OpenAI-compatible server (e.g. a
+vLLM deployment). Its behaviour is picked by the first path segment of the expert's endpoint:
+``/ok/v1``, ``/flaky/v1`` (503 while ``fail_next`` > 0), ``/slow/v1``, ``/reject/v1`` (400),
+``/cut/v1`` (stream dies after one chunk). The gateway runs in-process on uvicorn with the
+transformers engine on the tiny model, which serves the ``general`` fallback for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+
+from forge_gateway.app import create_app
+from forge_gateway.config import load_config
+from forge_sdk.experts import ExpertModel, ExpertRegistry
+from forge_sdk.plugins import get_plugin_manager
+
+routing = pytest.importorskip("forge_plugins.routing")
+default_experts = pytest.importorskip("forge_plugins.default_experts")
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+UPSTREAM_KEY = "sk-upstream-secret"
+
+
+class MockUpstream:
+    """A minimal OpenAI-compatible HTTP/1.1 server with scripted failure modes."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.fail_next: dict[str, int] = {}
+        self.server: asyncio.Server | None = None
+        self.writers: set[asyncio.StreamWriter] = set()
+        self.port = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for writer in list(self.writers):
+                writer.transport.abort()
+            await self.server.wait_closed()
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/v1"
+
+    def seen(self, mode: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["mode"] == mode]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {
+                    k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines[1:] if line)
+                }
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if not await self._respond(method, path, headers, body, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.writers.discard(writer)
+            writer.close()
+
+    async def _respond(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes, writer: asyncio.StreamWriter
+    ) -> bool:
+        mode = path.split("/")[1]
+        body = json.loads(raw) if raw else {}
+        self.requests.append(
+            {"mode": mode, "path": path, "headers": headers, "body": body, "t": time.monotonic()}
+        )
+        if self.fail_next.get(mode, 0) > 0:
+            self.fail_next[mode] -= 1
+            await self._send(writer, 503, {"error": {"message": "overloaded", "type": "server_error"}})
+            return True
+        if mode == "slow":
+            await asyncio.sleep(3)
+        if mode == "reject":
+            error = {"error": {"message": "bad temperature", "type": "invalid_request_error", "param": None}}
+            await self._send(writer, 400, error)
+            return True
+        prompt = body.get("messages", [{}])[-1].get("content") if "messages" in body else body.get("prompt")
+        text = f"echo from {body.get('model')}: {prompt}"
+        if not body.get("stream"):
+            if path.endswith("/completions") and "messages" not in body:
+                choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
+                obj = "text_completion"
+            else:
+                choice = {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+                obj = "chat.completion"
+            usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+            await self._send(
+                writer,
+                200,
+                {
+                    "id": "up-1",
+                    "object": obj,
+                    "created": 1,
+                    "model": body.get("model"),
+                    "choices": [choice],
+                    "usage": usage,
+                },
+            )
+            return True
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+        words = text.split(" ")
+        for i, word in enumerate(words):
+            delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
+            chunk = {
+                "id": "up-1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
+            }
+            _chunk(writer, b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await writer.drain()
+            if mode == "cut":
+                writer.transport.abort()  # the upstream dies mid-stream
+                return False
+            await asyncio.sleep(0.01)
+        done = {
+            "id": "up-1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": body.get("model"),
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+        }
+        _chunk(writer, b"data: " + json.dumps(done).encode() + b"\n\n")
+        _chunk(writer, b"data: [DONE]\n\n")
+        _chunk(writer, b"")
+        await writer.drain()
+        return True
+
+    @staticmethod
+    async def _send(writer: asyncio.StreamWriter, status: int, obj: Any) -> None:
+        data = json.dumps(obj).encode()
+        reason = {200: "OK", 400: "Bad Request", 503: "Service Unavailable"}[status]
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(data)}\r\n\r\n".encode()
+            + data
+        )
+        await writer.drain()
+
+
+def _chunk(writer: asyncio.StreamWriter, data: bytes) -> None:
+    writer.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Live:
+    def __init__(self, base_url: str, upstream: MockUpstream, app: Any) -> None:
+        self.base_url = base_url
+        self.upstream = upstream
+        self.app = app
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Live]:
+    import uvicorn
+
+    from forge_gateway.engines import create_engine
+
+    upstream = MockUpstream()
+    await upstream.start()
+    registry = tmp_path_factory.mktemp("remote") / "experts.json"
+    reg = ExpertRegistry(registry)
+    remote = dict(timeout=5.0, max_retries=2)
+    reg.register(
+        ExpertModel(
+            name="legal",
+            endpoint=upstream.url("ok"),
+            upstream_model="legal-7b",
+            api_key_env="FORGE_TEST_UPSTREAM_KEY",
+            specialization="legal",
+            keywords=["contract", "lawsuit"],
+            **remote,
+        )
+    )
+    reg.register(ExpertModel(name="flaky", endpoint=upstream.url("flaky"), **remote))
+    reg.register(ExpertModel(name="slow", endpoint=upstream.url("slow"), timeout=0.3, max_retries=0))
+    reg.register(ExpertModel(name="reject", endpoint=upstream.url("reject"), **remote))
+    reg.register(ExpertModel(name="cut", endpoint=upstream.url("cut"), **remote))
+    reg.register(ExpertModel(name="down", endpoint=f"http://127.0.0.1:{_closed_port()}/v1", **remote))
+    config = load_config(
+        overrides={
+            "model": str(tiny_model_dir),
+            "served_model_name": "tiny",
+            "registry": str(registry),
+            "engine": {"kind": "transformers", "max_model_len": 256},
+            "router": {
+                "classifier": "keyword",
+                "retry_base_delay": 0.05,
+                "failure_threshold": 2,
+                "cooldown_s": 60,
+            },
+        },
+        environ={},
+    )
+    os.environ["FORGE_TEST_UPSTREAM_KEY"] = UPSTREAM_KEY
+    engine = create_engine("transformers", str(tiny_model_dir), max_model_len=256)
+    # Only the built-in plugins: third-party ones installed here must not change these routes.
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[default_experts, routing])
+    app = create_app(config, engine=engine, pm=pm)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    live = Live(f"http://127.0.0.1:{port}", upstream, app)
+    yield live
+    await live.http.aclose()
+    server.should_exit = True
+    await task
+    await upstream.stop()
+
+
+def _chat(model: str, content: str = "hello", **extra: Any) -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": content}], "max_tokens": 4, **extra}
+
+
+async def test_non_streaming_proxy_rewrites_model_and_sends_key(live: Live) -> None:
+    resp = await live.http.post("/v1/chat/completions", json=_chat("legal", "review my contract"))
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-forge-expert"] == "legal" and resp.headers["x-forge-route-reason"] == "requested"
+    body = resp.json()
+    assert body["choices"][0]["message"]["content"] == "echo from legal-7b: review my contract"
+    assert body["usage"]["total_tokens"] == 8
+    sent = live.upstream.seen("ok")[-1]
+    assert sent["path"] == "/ok/v1/chat/completions" and sent["body"]["model"] == "legal-7b"
+    assert sent["headers"]["authorization"] == f"Bearer {UPSTREAM_KEY}"
+    assert sent["body"]["max_tokens"] == 4
+
+
+async def test_text_completions_proxy(live: Live) -> None:
+    resp = await live.http.post(
+        "/v1/completions", json={"model": "legal", "prompt": "sue them", "max_tokens": 3}
+    )
+    assert resp.status_code == 200 and resp.json()["choices"][0]["text"] == "echo from legal-7b: sue them"
+    assert live.upstream.seen("ok")[-1]["path"] == "/ok/v1/completions"
+
+
+async def test_streaming_proxy_with_official_client(live: Live) -> None:
+    client = openai.AsyncOpenAI(base_url=f"{live.base_url}/v1", api_key="unused", max_retries=0)
+    raw = await client.chat.completions.with_raw_response.create(
+        **_chat("legal", "draft a contract"), stream=True
+    )
+    assert raw.headers["x-forge-expert"] == "legal"
+    chunks = [chunk async for chunk in raw.parse()]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo from legal-7b: draft a contract"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    await client.close()
+
+
+async def test_model_auto_routes_to_a_remote_expert(live: Live) -> None:
+    resp = await live.http.post("/v1/chat/completions", json=_chat("auto", "my landlord broke the contract"))
+    assert resp.status_code == 200
+    assert resp.headers["x-forge-expert"] == "legal"
+    assert resp.headers["x-forge-route-reason"].startswith("router:keyword")
+    assert float(resp.headers["x-forge-route-confidence"]) > 0
+
+
+async def test_retries_503_with_exponential_backoff(live: Live) -> None:
+    live.upstream.fail_next["flaky"] = 2
+    before = len(live.upstream.seen("flaky"))
+    resp = await live.http.post("/v1/chat/completions", json=_chat("flaky"))
+    assert resp.status_code == 200 and resp.headers["x-forge-expert"] == "flaky"
+    attempts = live.upstream.seen("flaky")[before:]
+    assert len(attempts) == 3
+    gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(attempts)]
+    # base 0.05 s, doubling: ~0.05 then ~0.10 (plus up to 10% jitter).
+    assert 0.045 <= gaps[0] < 0.09 and 0.095 <= gaps[1] < 0.2, gaps
+    status = {e["name"]: e for e in (await live.http.get("/experts")).json()["experts"]}["flaky"]["status"]
+    assert status["state"] == "ok" and status["consecutive_failures"] == 0
+
+
+async def test_per_expert_timeout_falls_back_to_general(live: Live) -> None:
+    start = time.monotonic()
+    resp = await live.http.post("/v1/chat/completions", json=_chat("slow", max_tokens=2))
+    elapsed = time.monotonic() - start
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-forge-expert"] == "general"
+    assert resp.headers["x-forge-route-reason"] == "fallback:slow-timeout"
+    assert resp.json()["model"] == "general" and resp.json()["usage"]["completion_tokens"] >= 1
+    assert elapsed < 2.5  # the upstream would have taken 3 s
+
+
+async def test_connect_errors_retry_then_cooldown_shows_in_experts(live: Live) -> None:
+    for _ in range(2):  # failure_threshold = 2
+        resp = await live.http.post("/v1/chat/completions", json=_chat("down"))
+        assert resp.status_code == 200 and resp.headers["x-forge-route-reason"] == "fallback:down-error"
+    experts = {e["name"]: e for e in (await live.http.get("/experts")).json()["experts"]}
+    status = experts["down"]["status"]
+    assert status["state"] == "cooldown" and status["consecutive_failures"] == 2
+    assert 50 < status["cooldown_remaining_s"] <= 60 and "ClientConnectorError" in status["last_error"]
+    start = time.monotonic()
+    resp = await live.http.post("/v1/chat/completions", json=_chat("down", max_tokens=1))
+    assert resp.headers["x-forge-route-reason"] == "fallback:down-cooldown"
+    assert time.monotonic() - start < 1.0  # no retries, no connect attempts while cooling down
+
+
+async def test_stream_falls_back_before_the_first_byte(live: Live) -> None:
+    live.upstream.fail_next["flaky"] = 3  # every attempt (1 + 2 retries) fails
+    async with live.http.stream("POST", "/v1/chat/completions", json=_chat("flaky", stream=True)) as resp:
+        assert resp.status_code == 200
+        assert resp.headers["x-forge-expert"] == "general"
+        assert resp.headers["x-forge-route-reason"] == "fallback:flaky-error"
+        lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["model"] == "general"
+
+
+async def test_stream_failing_after_first_byte_reports_in_band(live: Live) -> None:
+    async with live.http.stream("POST", "/v1/chat/completions", json=_chat("cut", stream=True)) as resp:
+        assert resp.status_code == 200 and resp.headers["x-forge-expert"] == "cut"
+        events = [line[6:] async for line in resp.aiter_lines() if line.startswith("data: ")]
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "echo"
+    error = json.loads(events[-1])["error"]
+    assert error["type"] == "upstream_error" and "mid-stream" in error["message"]
+
+
+async def test_upstream_client_errors_pass_through_unretried(live: Live) -> None:
+    before = len(live.upstream.seen("reject"))
+    resp = await live.http.post("/v1/chat/completions", json=_chat("reject"))
+    assert resp.status_code == 400 and resp.json()["error"]["message"] == "bad temperature"
+    assert resp.headers["x-forge-expert"] == "reject"
+    assert len(live.upstream.seen("reject")) == before + 1
+
+
+async def test_route_generate_and_models_cover_remote_experts(live: Live) -> None:
+    route = await live.http.post("/route", params={"query": "is this contract valid?"})
+    assert route.status_code == 200
+    decision = route.json()
+    assert decision["expert"] == "legal" and decision["endpoint"] == live.upstream.url("ok")
+    assert decision["classifier"] == "keyword" and 0 < decision["confidence"] <= 1
+    gen = await live.http.post("/generate", json={"prompt": "explain this lawsuit", "max_tokens": 4})
+    assert gen.status_code == 200
+    assert gen.json() == {
+        "text": "echo from legal-7b: explain this lawsuit",
+        "expert": "legal",
+        "tokens_used": 8,
+    }
+    assert gen.headers["x-forge-expert"] == "legal"
+    forced = await live.http.post("/generate", json={"prompt": "hi", "expert": "slow", "max_tokens": 2})
+    assert forced.status_code == 200 and forced.json()["expert"] == "general"
+    assert forced.headers["x-forge-route-reason"] == "fallback:slow-timeout"
+    ids = [m["id"] for m in (await live.http.get("/v1/models")).json()["data"]]
+    assert ids[0] == "tiny" and {"legal", "flaky", "general", "auto"} <= set(ids)
+
+
+async def test_bad_requests_get_openai_errors(live: Live) -> None:
+    missing = await live.http.post("/v1/chat/completions", json=_chat("no-such-expert"))
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    empty = await live.http.post("/route", params={"query": "  "})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "query"
+    absent = await live.http.post("/route")
+    assert absent.status_code == 400 and "error" in absent.json()
