@@ -316,6 +316,7 @@ def _write_outputs(
         "adapter": cfg.use_lora,
         "global_step": trainer.state.global_step,
         "epochs": trainer.state.epoch,
+        "world_size": trainer.args.world_size,
         "batch_size": batch,
         "gradient_accumulation_steps": accum,
         "wall_seconds": round(seconds, 3),
