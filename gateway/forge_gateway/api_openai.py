@@ -18,6 +18,7 @@ from litestar.response import Stream
 from forge_gateway.errors import validation_error
 from forge_gateway.generation import GenerationPlan, plan_generation, run_to_completion, stream_outputs
 from forge_gateway.routing import Target
+from forge_gateway.security import admit, estimate_remote_tokens
 from forge_gateway.state import Gateway
 from forge_sdk.errors import LargeForgeAIError
 from forge_sdk.types import (
@@ -126,6 +127,11 @@ async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) ->
     req: ChatCompletionRequest = decode_body(await request.body(), ChatCompletionRequest)
     target = gateway.catalog.resolve(req.model, lambda: _last_user_text(req.messages))
     if target.expert is not None and target.expert.kind == "remote":
+        max_tokens = req.max_completion_tokens or req.max_tokens
+        await admit(
+            target,
+            estimate_remote_tokens(len(await request.body()), max_tokens, req.n, gateway.config.limits),
+        )
         response, target = await gateway.forward_remote(target, req, "chat/completions")
         if response is not None:
             return response  # type: ignore[no-any-return]
@@ -145,6 +151,7 @@ async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) ->
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
     )
+    await admit(target, plan.prompt_tokens + plan.n * plan.sampling.max_tokens)
     headers = route_headers(target)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -220,6 +227,10 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
     target = gateway.catalog.resolve(req.model, lambda: prompt)
     if target.expert is not None and target.expert.kind == "remote":
+        await admit(
+            target,
+            estimate_remote_tokens(len(await request.body()), req.max_tokens, req.n, gateway.config.limits),
+        )
         response, target = await gateway.forward_remote(target, req, "completions")
         if response is not None:
             return response  # type: ignore[no-any-return]
@@ -240,6 +251,7 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
         frequency_penalty=req.frequency_penalty,
         id_prefix="cmpl",
     )
+    await admit(target, plan.prompt_tokens + plan.n * plan.sampling.max_tokens)
     headers = route_headers(target)
     echo = prompt if req.echo else None
     if req.stream:

@@ -157,7 +157,10 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
     target = gateway.catalog.resolve(req.expert or "auto", lambda: text)
     if target.expert is not None and target.expert.kind == "remote":
         chat = messages or [{"role": "user", "content": text}]
-        await admit(target, estimate_remote_tokens(len(await request.body()), req.max_tokens, 1, gateway.config.limits))
+        await admit(
+            target,
+            estimate_remote_tokens(len(await request.body()), req.max_tokens, 1, gateway.config.limits),
+        )
         answer, target = await _generate_remote(gateway, target, req, chat)
         if answer is not None:
             return answer

@@ -16,6 +16,7 @@ from forge_gateway.api_sdd import sdd_routes
 from forge_gateway.config import GatewayConfig
 from forge_gateway.engines.base import Engine
 from forge_gateway.errors import exception_handlers
+from forge_gateway.security import install_security
 from forge_gateway.state import Gateway
 from forge_sdk.plugins import get_plugin_manager
 
@@ -56,6 +57,8 @@ def create_app(
         debug=False,
     )
     app.state.gateway = gateway
+    # Keys, rate limits, admission, usage ledger, /metrics and access logs (pure ASGI, outermost).
+    install_security(app, gateway)
     return app
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
 
+from forge_gateway.security.cli_keys import add_keys_parser
 from forge_sdk.errors import ConfigurationError, LargeForgeAIError
 
 __all__ = ["main"]
@@ -91,6 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, overrides=_overrides(args))
     configure_logging(config.log_level, json=config.log_json)
+    _check_open_listen(config)
     app = create_app(config)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -99,7 +102,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=config.port,
             log_level=config.log_level,
             access_log=False,
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=config.limits.shutdown_grace,
             lifespan="on",
             log_config=None,
         )
@@ -107,8 +110,27 @@ def _serve(args: argparse.Namespace) -> int:
     print(
         f"forge-gateway: serving {config.model_name} on http://{config.host}:{config.port}", file=sys.stderr
     )
+    # uvicorn re-raises a captured SIGTERM after its graceful shutdown; a no-op handler makes
+    # that a clean exit 0 (drained, ledger flushed) instead of death by signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     return 0
+
+
+def _check_open_listen(config: Any) -> None:
+    from forge_gateway.security import KeyStore, check_open_listen
+
+    store = KeyStore(config.auth.db_path, create=False)
+    try:
+        check_open_listen(config, store)
+    finally:
+        store.close()
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from forge_gateway.security.cli_keys import run_keys
+
+    return run_keys(args)
 
 
 def _plugins(args: argparse.Namespace) -> int:
@@ -130,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="forge-gateway", description="LargeForge gateway")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
+    add_keys_parser(sub)
     sub.add_parser("plugins", help="list installed forge plugins (JSON)")
     tiny = sub.add_parser("tiny-model", help="build a tiny random chat model for offline tests and demos")
     tiny.add_argument("output", help="folder to write")
@@ -137,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"serve": _serve, "plugins": _plugins, "tiny-model": _tiny_model}
+_COMMANDS = {"serve": _serve, "keys": _keys, "plugins": _plugins, "tiny-model": _tiny_model}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

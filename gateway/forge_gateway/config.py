@@ -89,24 +89,39 @@ class LimitsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Requests allowed to wait for a slot; beyond that: 503."""
     request_timeout: Annotated[float, Meta(gt=0)] = 60.0
     """Seconds a non-streaming request may take (SDD: 60); 504 after."""
+    queue_timeout: Annotated[float, Meta(gt=0)] = 30.0
+    """Seconds a request may wait in the admission queue before a 503 ``overloaded``."""
+    shutdown_grace: Annotated[float, Meta(ge=0)] = 30.0
+    """On SIGTERM, seconds in-flight requests (streams too) may take to finish before they are cut."""
 
 
 class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
-    """API keys."""
+    """API keys (``forge-gateway keys ...``). With no active key the gateway is open (dev mode)
+    on a loopback host; on any other host it refuses to start unless ``allow_open``."""
 
     db_path: str = "forge-gateway.db"
-    """SQLite file holding hashed keys and the usage ledger."""
+    """SQLite file holding hashed keys and the usage ledger (shared by replicas on one host)."""
     allow_open: bool = False
-    """Serve without keys even on a non-loopback address."""
+    """Serve without keys even on a non-loopback address (admin routes stay closed there)."""
+    public_metrics: bool = False
+    """Serve ``/metrics`` without a key (default: it needs an admin key, as Prometheus bearer auth)."""
+    refresh_interval: Annotated[float, Meta(gt=0)] = 1.0
+    """Seconds between checks for keys created/revoked by other processes (revocation delay)."""
+    usage_flush_interval: Annotated[float, Meta(gt=0)] = 2.0
+    """Seconds between batched writes of the usage ledger (all pending usage is written at shutdown)."""
 
 
 class RateLimitConfig(Struct, forbid_unknown_fields=True, kw_only=True):
-    """Per-key rate limits."""
+    """Per-key rate limits (GCRA: a key may burst its whole minute, then refills steadily)."""
 
     backend: Literal["memory", "redis"] = "memory"
     """``redis`` shares limits across gateway replicas."""
     redis_url: str = "redis://127.0.0.1:6379/0"
     """Redis URL for the ``redis`` backend."""
+    default_rpm: Annotated[int, Meta(ge=0)] = 0
+    """Requests per minute for keys created without ``--rpm`` (0: unlimited)."""
+    default_tpm: Annotated[int, Meta(ge=0)] = 0
+    """Prompt + completion tokens per minute for keys without ``--tpm`` (0: unlimited)."""
 
 
 class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -1,0 +1,155 @@
+"""``forge-gateway keys create|list|revoke|usage``: manage API keys in the SQLite key store.
+
+Works on the file directly (no running gateway needed); running gateways pick changes up within
+``auth.refresh_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+__all__ = ["add_keys_parser", "run_keys"]
+
+_EPILOG = """\
+examples:
+  forge-gateway keys create --name alice --rpm 60 --tpm 100000
+  forge-gateway keys create --name ops --admin
+  forge-gateway keys create --name math-only --models math,general
+  forge-gateway keys list
+  forge-gateway keys revoke 3f2a9c0d1b7e
+  forge-gateway keys usage --since 2026-11-01
+"""
+
+
+def _default_db() -> str:
+    from forge_gateway.config import AuthConfig
+
+    return os.environ.get("FORGE_AUTH_DB_PATH") or AuthConfig().db_path
+
+
+def add_keys_parser(sub: Any) -> None:
+    """Register the ``keys`` command on the top-level subparsers."""
+    p = sub.add_parser(
+        "keys",
+        help="create, list, revoke API keys and show their usage",
+        description="Manage the gateway's API keys (stored hashed in an SQLite file).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--db", help="key store file (default: $FORGE_AUTH_DB_PATH or ./forge-gateway.db)")
+    ks = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    create = ks.add_parser("create", help="create a key and print it (shown only this once)")
+    create.add_argument("--name", required=True, help="label shown in listings and logs")
+    create.add_argument("--rpm", type=int, help="requests per minute (default: server default)")
+    create.add_argument(
+        "--tpm", type=int, help="prompt+completion tokens per minute (default: server default)"
+    )
+    create.add_argument(
+        "--models", "--experts", dest="models", help="comma-separated models/experts allowed (default: all)"
+    )
+    create.add_argument("--admin", action="store_true", help="may call /admin endpoints and read /metrics")
+    create.add_argument("--json", action="store_true", help="print the key and its metadata as JSON")
+    ls = ks.add_parser("list", help="list keys (never their secrets)")
+    ls.add_argument("--all", action="store_true", help="include revoked keys")
+    ls.add_argument("--json", action="store_true", help="JSON output")
+    rv = ks.add_parser("revoke", help="revoke a key by id")
+    rv.add_argument("key_id", help="the id part of lf-<id>-<secret>")
+    us = ks.add_parser("usage", help="tokens per key per day")
+    us.add_argument("--key", dest="key_id", help="only this key id")
+    us.add_argument("--since", help="first day YYYY-MM-DD (UTC)")
+    us.add_argument("--until", help="last day YYYY-MM-DD (UTC)")
+    us.add_argument("--json", action="store_true", help="JSON output")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = [
+        "  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=False)).rstrip() for r in [header, *rows]
+    ]
+    return "\n".join(lines)
+
+
+def _limit(value: int | None) -> str:
+    return str(value) if value is not None else "default"
+
+
+def run_keys(args: argparse.Namespace) -> int:
+    """Run one ``keys`` action; user errors raise LargeForgeAIError (printed by ``main``)."""
+    from forge_gateway.security.keys import KeyStore
+
+    store = KeyStore(args.db or _default_db(), create=args.keys_command == "create")
+    try:
+        return _ACTIONS[args.keys_command](store, args)
+    finally:
+        store.close()
+
+
+def _create(store: Any, args: argparse.Namespace) -> int:
+    models = [m for m in args.models.split(",")] if args.models is not None else None
+    full, record = store.create(args.name, rpm=args.rpm, tpm=args.tpm, models=models, admin=args.admin)
+    if args.json:
+        print(json.dumps({"key": full, **record.public_dict()}))
+    else:
+        print(full)
+        print(
+            f"created key {record.id} ({record.name}{', admin' if record.admin else ''}); "
+            "store it now: it cannot be shown again",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def _list(store: Any, args: argparse.Namespace) -> int:
+    keys = store.keys(include_revoked=args.all)
+    if args.json:
+        print(json.dumps([k.public_dict() for k in keys]))
+        return 0
+    rows = [
+        [
+            k.id,
+            k.name,
+            "yes" if k.admin else "",
+            _limit(k.rpm),
+            _limit(k.tpm),
+            ",".join(k.models) if k.models is not None else "*",
+            "active" if k.active else "revoked",
+        ]
+        for k in keys
+    ]
+    print(_table(rows, ["ID", "NAME", "ADMIN", "RPM", "TPM", "MODELS", "STATE"]))
+    return 0
+
+
+def _revoke(store: Any, args: argparse.Namespace) -> int:
+    record = store.revoke(args.key_id)
+    print(f"revoked key {record.id} ({record.name})")
+    return 0
+
+
+def _usage(store: Any, args: argparse.Namespace) -> int:
+    rows = store.usage(key_id=args.key_id, since=args.since, until=args.until)
+    if args.json:
+        print(json.dumps([r.as_dict() for r in rows]))
+        return 0
+    names = {k.id: k.name for k in store.keys()}
+    table = [
+        [
+            r.day,
+            r.key_id,
+            names.get(r.key_id, "(open)" if r.key_id == "-" else "?"),
+            str(r.requests),
+            str(r.prompt_tokens),
+            str(r.completion_tokens),
+            str(r.prompt_tokens + r.completion_tokens),
+        ]
+        for r in rows
+    ]
+    print(_table(table, ["DAY", "KEY", "NAME", "REQUESTS", "PROMPT", "COMPLETION", "TOTAL"]))
+    return 0
+
+
+_ACTIONS = {"create": _create, "list": _list, "revoke": _revoke, "usage": _usage}

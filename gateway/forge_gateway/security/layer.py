@@ -1,0 +1,224 @@
+"""Wire keys, limits, admission, ledger and metrics into a gateway app.
+
+:func:`install_security` is the one call ``create_app`` makes; handlers call :func:`admit` after
+resolving a request's target (model permission + token-per-minute reservation).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import structlog
+
+from forge_gateway.security.admission import AdmissionController
+from forge_gateway.security.auth import Authenticator, is_loopback
+from forge_gateway.security.context import RequestContext, current_request
+from forge_gateway.security.keys import KeyStore
+from forge_gateway.security.ledger import UsageLedger
+from forge_gateway.security.metrics import GatewayMetrics
+from forge_gateway.security.ratelimit import MemoryBackend, RateLimitBackend, RedisBackend
+from forge_sdk.errors import ConfigurationError, PermissionDeniedError, RateLimitError
+
+if TYPE_CHECKING:
+    from litestar import Litestar
+
+    from forge_gateway.config import GatewayConfig, LimitsConfig
+    from forge_gateway.routing import Target
+    from forge_gateway.state import Gateway
+
+__all__ = ["SecurityLayer", "admit", "check_open_listen", "estimate_remote_tokens", "install_security"]
+
+log = structlog.get_logger("forge_gateway.security")
+
+
+def check_open_listen(config: GatewayConfig, store: KeyStore) -> None:
+    """Refuse to serve a non-loopback address without keys unless ``auth.allow_open``.
+
+    Raises:
+        ConfigurationError: no active key, public host, and ``allow_open`` unset.
+    """
+    if config.auth.allow_open or is_loopback(config.host):
+        return
+    if not store.keys(include_revoked=False):
+        raise ConfigurationError(
+            f"no API keys in {config.auth.db_path} and host {config.host} is not loopback: create one with "
+            "`forge-gateway keys create --name NAME`, or pass --allow-open to serve without authentication"
+        )
+
+
+class SecurityLayer:
+    """Everything the security middleware and hooks share, for one app.
+
+    Args:
+        config: gateway config (``auth``, ``rate_limit``, ``limits``).
+        gateway: the gateway (for engine stats).
+    """
+
+    def __init__(self, config: GatewayConfig, gateway: Gateway) -> None:
+        self.config = config
+        self.store = KeyStore(config.auth.db_path, create=False)
+        loopback = is_loopback(config.host)
+        self.authenticator = Authenticator(
+            self.store,
+            open_allowed=loopback or config.auth.allow_open,
+            refresh_interval=config.auth.refresh_interval,
+        )
+        self.open_admin = loopback
+        """Admin routes are open in dev mode only on loopback (never on a public allow_open host)."""
+        self.ledger = UsageLedger(self.store, flush_interval=config.auth.usage_flush_interval)
+        rl = config.rate_limit
+        self.backend: RateLimitBackend = (
+            RedisBackend(rl.redis_url) if rl.backend == "redis" else MemoryBackend()
+        )
+        limits = config.limits
+        self.admission = AdmissionController(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
+        engine = gateway.engine
+
+        def engine_stats() -> tuple[int, int]:
+            stats = engine.stats()
+            return stats.running, stats.waiting
+
+        self.metrics = GatewayMetrics(engine_stats, lambda: (self.admission.running, self.admission.waiting))
+        self.known_paths: frozenset[str] = frozenset()
+        gateway.usage_listeners.append(self.on_usage)
+
+    async def start(self) -> None:
+        if isinstance(self.backend, RedisBackend):
+            try:
+                await self.backend.ping()
+            except Exception as exc:
+                raise ConfigurationError(
+                    f"rate_limit.backend is redis but {self.config.rate_limit.redis_url} is unreachable: {exc}"
+                ) from exc
+        await self.authenticator.start()
+        await self.ledger.start()
+        if self.authenticator.open:
+            log.warning(
+                "auth_open",
+                reason="no active API keys; serving without authentication (dev mode)",
+                db_path=str(self.store.path),
+            )
+
+    async def stop(self) -> None:
+        await self.authenticator.stop()
+        await self.ledger.stop()
+        await self.backend.close()
+        self.store.close()
+
+    def on_usage(self, target: Target, prompt_tokens: int, completion_tokens: int, engine: str) -> None:
+        """Usage listener: ledger, token metrics, and the actual counts for TPM reconciliation."""
+        ctx = current_request.get()
+        key_id = None
+        if ctx is not None:
+            ctx.usage_seen = True
+            ctx.prompt_tokens += prompt_tokens
+            ctx.completion_tokens += completion_tokens
+            key_id = ctx.key.id if ctx.key is not None else None
+        self.ledger.record(key_id, prompt_tokens, completion_tokens)
+        self.metrics.observe_tokens(target.expert_name, prompt_tokens, completion_tokens)
+
+    async def admit(self, ctx: RequestContext, target: Target, estimated_tokens: int) -> None:
+        """Check the key may use ``target`` and reserve ``estimated_tokens`` of its TPM budget.
+
+        Raises:
+            PermissionDeniedError: the key's allow list excludes this model/expert.
+            RateLimitError: the reservation does not fit the tokens-per-minute budget.
+        """
+        key = ctx.key
+        if key is None:
+            return
+        if not key.allows(target.model, target.expert_name):
+            self.metrics.auth_failures.labels("403").inc()
+            raise PermissionDeniedError(
+                f"this API key may not use model {target.expert_name!r}; allowed: {', '.join(key.models or ())}",
+                param="model",
+            )
+        tpm = key.tpm or self.config.rate_limit.default_tpm
+        if not tpm:
+            return
+        decision = await self.backend.acquire("t:" + key.id, tpm, estimated_tokens)
+        ctx.tokens_decision = decision
+        if not decision.allowed:
+            self.metrics.rate_limited.labels("tokens").inc()
+            if math.isinf(decision.retry_after):
+                message = (
+                    f"Request too large: it may use {estimated_tokens} tokens (prompt + max_tokens) but your "
+                    f"limit is {tpm} tokens per minute. Lower max_tokens or shorten the prompt."
+                )
+            else:
+                message = (
+                    f"Rate limit reached for tokens: limit {tpm} per minute, this request may use "
+                    f"{estimated_tokens}. Please try again in {decision.retry_after:.3f}s."
+                )
+            retry = decision.retry_after
+            raise RateLimitError(
+                message,
+                headers={
+                    "retry-after": str(max(1, math.ceil(retry))) if math.isfinite(retry) else "60",
+                    "retry-after-ms": str(math.ceil(retry * 1000)) if math.isfinite(retry) else "60000",
+                },
+            )
+        ctx.reserved_tokens += estimated_tokens
+
+    async def reconcile(self, ctx: RequestContext, status: int) -> None:
+        """Replace the TPM reservation by the tokens actually used.
+
+        A failed request (status >= 400) with no reported usage gets everything back; a successful
+        one with no reported usage (a remote expert's answer) keeps its estimate.
+        """
+        key = ctx.key
+        tpm = (key.tpm if key else None) or self.config.rate_limit.default_tpm
+        if key is None or not tpm:
+            return
+        if ctx.usage_seen:
+            used = ctx.prompt_tokens + ctx.completion_tokens
+        else:
+            used = ctx.reserved_tokens if status < 400 else 0
+        delta = used - ctx.reserved_tokens
+        ctx.reserved_tokens = 0
+        if delta:
+            try:
+                await self.backend.adjust("t:" + key.id, tpm, delta)
+            except Exception as exc:  # never fail a finished request over bookkeeping
+                log.warning("tpm_reconcile_failed", error=str(exc))
+
+
+async def admit(target: Target, estimated_tokens: int) -> None:
+    """Called by generation handlers once the target and token estimate are known.
+
+    Outside a request handled by the security middleware (e.g. direct calls in tests) it does
+    nothing.
+
+    Raises:
+        PermissionDeniedError, RateLimitError: see :meth:`SecurityLayer.admit`.
+    """
+    ctx = current_request.get()
+    if ctx is not None and ctx.key is not None:
+        await ctx.layer.admit(ctx, target, estimated_tokens)
+
+
+def estimate_remote_tokens(body_bytes: int, max_tokens: int | None, n: int, limits: LimitsConfig) -> int:
+    """Token estimate for a request forwarded to a remote expert (its tokenizer is not ours).
+
+    About 4 bytes of JSON per prompt token is a generous upper bound for English text.
+    """
+    return body_bytes // 4 + n * (max_tokens or limits.default_max_tokens)
+
+
+def install_security(app: Litestar, gateway: Gateway) -> SecurityLayer:
+    """Add the security middleware, admin key/usage routes and lifecycle hooks to ``app``."""
+    from forge_gateway.security.middleware import SecurityMiddleware
+    from forge_gateway.security.openapi import describe_bodies
+    from forge_gateway.security.routes import security_routes
+
+    layer = SecurityLayer(gateway.config, gateway)
+    for handler in security_routes:
+        app.register(handler)
+    app.state.security = layer
+    app.on_startup.append(layer.start)
+    app.on_shutdown.append(layer.stop)
+    layer.known_paths = frozenset(route.path for route in app.routes if "{" not in route.path)
+    describe_bodies(app)
+    app.asgi_handler = SecurityMiddleware(app.asgi_handler, layer)
+    return layer
