@@ -46,9 +46,12 @@ def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> Non
 
 
 def _keyword_pattern(keyword: str) -> str:
-    # Lookarounds instead of \b so keywords that end in symbols ("c++", "c#") still match whole.
-    words = [re.escape(part) for part in keyword.strip().split()]
-    return r"(?<!\w)" + r"\s+".join(words) + r"(?!\w)"
+    # \b is only a whole-word test next to a word character; a keyword that starts or ends with a
+    # symbol ("c++", ".net") needs a lookaround there instead (lookarounds everywhere cost ~7x).
+    body = r"\s+".join(re.escape(part) for part in keyword.split())
+    start = r"\b" if re.match(r"\w", keyword) else r"(?<!\w)"
+    end = r"\b" if re.search(r"\w$", keyword) else r"(?!\w)"
+    return start + body + end
 
 
 class KeywordClassifier(Classifier):
@@ -70,36 +73,34 @@ class KeywordClassifier(Classifier):
     ) -> None:
         _check_options(self.name, options, set())
         self._pattern: re.Pattern[str] | None = None
-        self._owners: list[tuple[str, str]] = []
+        self._owners: dict[str, str] = {}
         super().__init__(experts, default_expert=default_expert, **options)
 
     def update_experts(self, experts: Sequence[ExpertModel]) -> None:
         """Replace the experts and recompile the keyword pattern."""
         super().update_experts(experts)
-        owners: list[tuple[str, str]] = []
-        parts: list[str] = []
-        seen: set[str] = set()
+        owners: dict[str, str] = {}
         for expert in self.experts.values():
             for keyword in expert.keywords:
                 folded = " ".join(keyword.lower().split())
-                if not folded or folded in seen:
-                    continue  # first expert to claim a keyword keeps it
-                seen.add(folded)
-                parts.append(f"(?P<k{len(owners)}>{_keyword_pattern(folded)})")
-                owners.append((expert.name, folded))
-        # Longer keywords first, so "machine learning" wins over "machine" at the same spot.
-        order = sorted(range(len(parts)), key=lambda i: -len(owners[i][1]))
+                if folded:
+                    owners.setdefault(folded, expert.name)  # first expert to claim a keyword keeps it
+        # Longer keywords first, so "machine learning" wins over "machine" at the same spot. One
+        # alternation without groups is ~10x faster than a named group per keyword.
+        ordered = sorted(owners, key=len, reverse=True)
         self._owners = owners
-        self._pattern = re.compile("|".join(parts[i] for i in order), re.IGNORECASE) if parts else None
+        self._pattern = (
+            re.compile("|".join(_keyword_pattern(k) for k in ordered), re.IGNORECASE) if ordered else None
+        )
 
     def matches(self, query: str) -> dict[str, list[str]]:
         """Expert name to the keywords of it found in ``query``, in order of first appearance."""
         found: dict[str, list[str]] = {}
         if self._pattern is None:
             return found
-        for match in self._pattern.finditer(query):
-            expert, keyword = self._owners[int(match.lastgroup[1:])]  # type: ignore[index]
-            found.setdefault(expert, []).append(keyword)
+        for hit in self._pattern.findall(query):
+            keyword = " ".join(hit.lower().split())
+            found.setdefault(self._owners[keyword], []).append(keyword)
         return found
 
     def classify_with_confidence(self, query: str) -> Classification:
@@ -153,7 +154,8 @@ class HybridClassifier(Classifier):
 
     Options:
         threshold: neural confidence needed to decide when no keyword decides (default 0.5).
-        override: neural confidence needed to overrule an unambiguous keyword (default 0.8).
+        override: the neural model overrules an unambiguous keyword only when its confidence
+            is above this (default 0.8; 1.0 means never).
         model_dir: as for the neural classifier.
     """
 
@@ -198,7 +200,7 @@ class HybridClassifier(Classifier):
                     round(max(prob, KeywordClassifier.UNAMBIGUOUS), 4),
                     f"keyword+neural:{hits[0]}:{prob:.2f}",
                 )
-            if prob < self.override:
+            if prob <= self.override:
                 return Classification(expert, KeywordClassifier.UNAMBIGUOUS, f"keyword:{hits[0]}")
             return Classification(neural_expert, round(prob, 4), f"neural-override:{label}:{prob:.2f}")
         if prob >= self.threshold:

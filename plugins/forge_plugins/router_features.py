@@ -75,11 +75,11 @@ def extract(text: str) -> Counter[str]:
     words = _WORD.findall(lower)
     feats.update("w:" + w for w in words)
     feats.update("b:" + a + " " + b for a, b in itertools.pairwise(words))
-    for word in _SPACE.sub(" ", lower).split():
+    # Char n-grams once per distinct word: long pasted inputs repeat words a lot.
+    for word, count in Counter(_SPACE.sub(" ", lower).split()).items():
         padded = f" {word} "
         n = len(padded)
         for size in (3, 4, 5):
-            if size > n:
-                break
-            feats.update("c:" + padded[i : i + size] for i in range(n - size + 1))
+            for i in range(n - size + 1):
+                feats["c:" + padded[i : i + size]] += count
     return feats

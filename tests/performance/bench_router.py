@@ -1,0 +1,133 @@
+"""Router benchmark: latency and quality of the keyword, neural and hybrid classifiers.
+
+Prints figures, asserts nothing. Quality is measured two ways that do not flatter the model:
+
+* leave-one-source-out over ``router_train.jsonl``: a neural model is trained without one source
+  (one dataset; MATH's per-problem files and WritingPrompts' splits count as one source each)
+  and scored on that source, so it never sees the style it is tested on;
+* the shipped model on ``tests/plugins/data/router_stress.jsonl``, hand-written queries in styles
+  the training data lacks (pasted code, chatty, shouted, multi-part, LaTeX, long context).
+
+Run: ``OMP_NUM_THREADS=1 python tests/performance/bench_router.py [--quick]`` (about 3 minutes;
+``--quick`` skips leave-one-source-out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from forge_plugins import HybridClassifier, KeywordClassifier, NeuralClassifier
+from forge_plugins.router_training import evaluate, load_code_chat, load_filler, train_router
+from forge_sdk import DEFAULT_EXPERTS
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+STRESS = Path(__file__).resolve().parents[1] / "plugins" / "data" / "router_stress.jsonl"
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6)
+
+
+def _group(source: str) -> str:
+    for prefix in ("aiwaves-cn/agents", "AlvinJ404/writingprompts_creativity"):
+        if source.startswith(prefix):
+            return prefix
+    return source
+
+
+def _load(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _classifiers(model_dir: str | None) -> dict[str, object]:
+    opts = {"model_dir": model_dir} if model_dir else {}
+    out: dict[str, object] = {
+        "keyword": KeywordClassifier(DEFAULT_EXPERTS),
+        "neural": NeuralClassifier(DEFAULT_EXPERTS, **opts),
+    }
+    for t in THRESHOLDS:
+        out[f"hybrid@{t}"] = HybridClassifier(DEFAULT_EXPERTS, threshold=t, **opts)
+    out["hybrid-kwfirst"] = HybridClassifier(DEFAULT_EXPERTS, override=1.0, **opts)
+    return out
+
+
+def latency(queries: list[str]) -> None:
+    print("\nlatency per query (shipped model, single thread)")
+    print(f"{'classifier':16s} {'p50 us':>8s} {'p99 us':>8s} {'max us':>8s}")
+    for name, clf in _classifiers(None).items():
+        if name not in ("keyword", "neural", "hybrid@0.5"):
+            continue
+        for q in queries[:50]:
+            clf.classify(q)  # warm up
+        times = []
+        for q in queries:
+            t0 = time.perf_counter()
+            clf.classify(q)
+            times.append((time.perf_counter() - t0) * 1e6)
+        times.sort()
+        p99 = times[int(0.99 * (len(times) - 1))]
+        print(f"{name:16s} {statistics.median(times):8.0f} {p99:8.0f} {times[-1]:8.0f}")
+
+
+def _print_table(title: str, reports: dict[str, dict]) -> None:
+    print(f"\n{title}")
+    labels = sorted(next(iter(reports.values()))["per_class"])
+    print(f"{'classifier':16s} {'acc':>6s} {'macroF1':>8s} " + " ".join(f"{lab:>8s}" for lab in labels))
+    for name, rep in reports.items():
+        per = " ".join(f"{rep['per_class'][lab]['f1']:8.3f}" for lab in labels)
+        print(f"{name:16s} {rep['accuracy']:6.3f} {rep['macro_f1']:8.3f} {per}")
+
+
+def _score(classifiers: dict[str, object], records: list[tuple[str, str]]) -> dict[str, dict]:
+    return {name: evaluate(clf.classify, records) for name, clf in classifiers.items()}
+
+
+def leave_one_source_out(rows: list[dict], filler: list[str], pairs: list[tuple[str, str]]) -> None:
+    by_group: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_group[_group(row["source"])].append(row)
+    gold_pred: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    print("\nleave-one-source-out: neural accuracy per held-out source")
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (group, held) in enumerate(sorted(by_group.items())):
+            train = [(r["query"], r["label"]) for r in rows if _group(r["source"]) != group]
+            # The code chat pairs come from Code Alpaca: leave them out with that source.
+            fold_pairs = [] if "codealpaca" in group else pairs
+            model = train_router(train, filler=filler, code_pairs=fold_pairs)
+            model_dir = model.save(Path(tmp) / f"fold{i}")
+            classifiers = _classifiers(str(model_dir))
+            right = 0
+            for r in held:
+                for name, clf in classifiers.items():
+                    guess = clf.classify(r["query"])
+                    gold_pred[name].append((r["label"], guess))
+                    right += name == "neural" and guess == r["label"]
+            print(f"  {group[:70]:70s} n={len(held):4d} acc={right / len(held):.3f}")
+    reports = {}
+    for name, pairs_ in gold_pred.items():
+        lookup = iter(pairs_)
+        reports[name] = evaluate(
+            lambda _q, it=lookup: next(it)[1], [(str(i), g) for i, (g, _) in enumerate(pairs_)]
+        )
+    _print_table("leave-one-source-out (pooled over folds)", reports)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="skip leave-one-source-out")
+    args = parser.parse_args()
+    rows = _load(DATA / "router_train.jsonl")
+    stress = [(r["query"], r["label"]) for r in _load(STRESS)]
+    latency([r["query"] for r in rows[:500]] + [q for q, _ in stress])
+    _print_table(f"stress set ({len(stress)} queries, shipped model)", _score(_classifiers(None), stress))
+    if not args.quick:
+        filler = load_filler(DATA / "pretrain_gutenberg_5mb.txt")
+        pairs = load_code_chat(DATA / "sft_alpaca_2k.jsonl", source_contains="codealpaca")
+        leave_one_source_out(rows, filler, pairs)
+
+
+if __name__ == "__main__":
+    main()

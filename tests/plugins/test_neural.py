@@ -1,0 +1,89 @@
+"""The neural classifier with the shipped model: clear queries, label mapping, model errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from forge_plugins import NeuralClassifier, RouterModel
+from forge_plugins.router_model import DEFAULT_MODEL_DIR
+from forge_plugins.router_training import evaluate
+from forge_sdk import DEFAULT_EXPERTS, ExpertModel
+from forge_sdk.errors import ModelError
+
+
+@pytest.fixture(scope="module")
+def clf() -> NeuralClassifier:
+    return NeuralClassifier(DEFAULT_EXPERTS)
+
+
+@pytest.mark.parametrize(
+    ("query", "label"),
+    [
+        ("Write a Python function that returns the n-th Fibonacci number.", "code"),
+        ("def add(a, b):\n    return a - b\n\nwhy does this return the wrong result?", "code"),
+        ("How do I sort a dictionary by value in JavaScript?", "code"),
+        ("Solve for x: 3x + 7 = 22", "math"),
+        (
+            "A shop sells pens at $3 each. Tom buys 4 pens and pays with $20. How much change does he get?",
+            "math",
+        ),
+        ("Find the area of a circle with radius 5 cm.", "math"),
+        ("Write a short story about a dragon who is afraid of fire.", "writing"),
+        ("Write a poem about the ocean at night.", "writing"),
+        ("Who was the first president of the United States?", "general"),
+        ("What is the capital of Japan?", "general"),
+    ],
+)
+def test_clear_queries(clf: NeuralClassifier, query: str, label: str) -> None:
+    result = clf.classify_with_confidence(query)
+    assert result.expert == label, result
+    assert result.reason.startswith(f"neural:{label}:")
+
+
+def test_probabilities_are_a_distribution(clf: NeuralClassifier) -> None:
+    probs = clf.model.predict_proba("Integrate x squared from 0 to 1")
+    assert set(probs) == {"code", "general", "math", "writing"}
+    assert sum(probs.values()) == pytest.approx(1.0)
+    assert max(probs, key=probs.__getitem__) == "math"
+
+
+def test_label_maps_to_expert_by_specialization() -> None:
+    experts = [ExpertModel(name="general"), ExpertModel(name="mathexpert", specialization="math")]
+    clf = NeuralClassifier(experts)
+    assert clf.classify("Solve for x: 3x + 7 = 22") == "mathexpert"
+    # No expert for code: the default serves it.
+    assert clf.classify("Write a Python function that reverses a list.") == "general"
+
+
+def test_empty_query_goes_to_default(clf: NeuralClassifier) -> None:
+    assert clf.classify_with_confidence("   ").reason == "default:empty"
+
+
+def test_long_pasted_input_is_bounded_and_routed(clf: NeuralClassifier) -> None:
+    code = "\n".join(f"    total_{i} = compute(values[{i}]) + offset  # step {i}" for i in range(400))
+    query = f"def pipeline(values, offset):\n{code}\n    return total_0\n\nWhy is this function so slow?"
+    assert clf.classify(query) == "code"
+
+
+def test_shipped_model_is_small_and_safe() -> None:
+    files = {p.name: p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()}
+    assert set(files) == {"router.npz", "router.json"}
+    assert sum(files.values()) < 5 * 1024 * 1024
+    RouterModel.load(DEFAULT_MODEL_DIR)  # loads with allow_pickle=False
+
+
+def test_stress_set_quality(clf: NeuralClassifier, stress_set: list[tuple[str, str]]) -> None:
+    # A regression guard on hand-written queries in styles the training data lacks.
+    report = evaluate(clf.classify, stress_set)
+    assert report["macro_f1"] >= 0.8, report
+
+
+def test_missing_or_corrupt_model_is_a_model_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="not found"):
+        NeuralClassifier(DEFAULT_EXPERTS, model_dir=str(tmp_path))
+    (tmp_path / "router.json").write_text('{"format": "forge-router-linear/1", "labels": ["a", "b"]}')
+    (tmp_path / "router.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ModelError, match="unreadable"):
+        NeuralClassifier(DEFAULT_EXPERTS, model_dir=str(tmp_path))
