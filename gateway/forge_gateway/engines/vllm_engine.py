@@ -15,6 +15,7 @@ base request through it: then no token carries ``-1`` and a zero adapter adds ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import shutil
@@ -255,6 +256,12 @@ class VLLMEngine(Engine):
         """Abort everything and shut the vLLM engine down."""
         llm, self._llm = self._llm, None
         if llm is not None:
+            handler = getattr(llm, "output_handler", None)
+            if handler is not None:
+                # Stop reading outputs first, or the handler logs the core's exit as an engine death.
+                handler.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await handler
             await asyncio.to_thread(llm.shutdown)
             # Collect it now: vLLM's __del__ calls shutdown again, which fails noisily at exit.
             del llm
@@ -321,7 +328,7 @@ class VLLMEngine(Engine):
                 ignore_eos=s.ignore_eos,
                 output_kind=RequestOutputKind.DELTA,
             )
-        except ValueError as exc:
+        except Exception as exc:  # VLLMValidationError and ValueError: values vLLM refuses
             raise InvalidRequestError(f"bad sampling options: {exc}") from exc
 
     def _lora_request(self, lora: LoraSpec | None) -> Any:
@@ -357,6 +364,7 @@ class VLLMEngine(Engine):
     async def _stream(
         self, request: EngineRequest, params: Any, lora_request: Any
     ) -> AsyncIterator[EngineOutput]:
+        from vllm.exceptions import LoRAAdapterNotFoundError, VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -389,7 +397,9 @@ class VLLMEngine(Engine):
             raise EngineUnavailableError(f"the vLLM engine died: {exc}") from exc
         except LargeForgeAIError:
             raise
-        except ValueError as exc:  # vLLM's request validation errors derive from ValueError
+        except LoRAAdapterNotFoundError as exc:
+            raise ModelNotFoundError(f"LoRA adapter not found: {exc}", param="model") from exc
+        except (VLLMClientError, ValueError) as exc:  # what vLLM refuses in a request
             raise InvalidRequestError(str(exc)) from exc
         except Exception as exc:
             raise InferenceError(f"vLLM failed on request {rid}: {exc!r}") from exc
