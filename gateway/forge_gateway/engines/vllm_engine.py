@@ -93,6 +93,15 @@ def write_identity_lora(folder: str | Path, hf_config: Any, rank: int = 8) -> Pa
     return out
 
 
+def _vllm_client_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(adapter-not-found, request-refused) exception classes of the installed vLLM."""
+    try:  # vllm.exceptions is recent; older official releases raise plain ValueError
+        from vllm.exceptions import LoRAAdapterNotFoundError, VLLMClientError
+    except ImportError:
+        return (), (ValueError,)
+    return (LoRAAdapterNotFoundError,), (VLLMClientError, ValueError)
+
+
 class VLLMEngine(Engine):
     """One base model (plus LoRA adapters) served by vLLM's ``AsyncLLM`` in this process.
 
@@ -364,7 +373,6 @@ class VLLMEngine(Engine):
     async def _stream(
         self, request: EngineRequest, params: Any, lora_request: Any
     ) -> AsyncIterator[EngineOutput]:
-        from vllm.exceptions import LoRAAdapterNotFoundError, VLLMClientError
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -397,11 +405,12 @@ class VLLMEngine(Engine):
             raise EngineUnavailableError(f"the vLLM engine died: {exc}") from exc
         except LargeForgeAIError:
             raise
-        except LoRAAdapterNotFoundError as exc:
-            raise ModelNotFoundError(f"LoRA adapter not found: {exc}", param="model") from exc
-        except (VLLMClientError, ValueError) as exc:  # what vLLM refuses in a request
-            raise InvalidRequestError(str(exc)) from exc
         except Exception as exc:
+            not_found, refused = _vllm_client_errors()
+            if isinstance(exc, not_found):
+                raise ModelNotFoundError(f"LoRA adapter not found: {exc}", param="model") from exc
+            if isinstance(exc, refused):
+                raise InvalidRequestError(str(exc)) from exc
             raise InferenceError(f"vLLM failed on request {rid}: {exc!r}") from exc
         finally:
             self._waiting.discard(rid)
