@@ -188,6 +188,41 @@ async def test_greedy_matches_transformers_generate_concurrently(engine, assets:
         assert outs[-1].finish_reason in ("length", "stop")
 
 
+def penalized_greedy(
+    assets: dict, prompt: list[int], max_tokens: int, frequency: float, presence: float
+) -> list[int]:
+    """Greedy decoding with OpenAI's penalties, recomputing the full sequence each step (a plain reference)."""
+    import torch
+
+    model, out = assets["refs"][None], []
+    with torch.no_grad():
+        for _ in range(max_tokens):
+            logits = model(torch.tensor([prompt + out])).logits[0, -1].float()
+            for tok in set(out):
+                logits[tok] -= frequency * out.count(tok) + presence
+            out.append(int(torch.argmax(logits)))
+    return out
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_penalties_match_reference(engine, assets: dict) -> None:
+    prompt = assets["prompts"][3]
+    plain = tokens(await collect(engine, "nopen", prompt, max_tokens=32, ignore_eos=True))
+    for frequency, presence in ((2.0, 0.0), (0.0, 2.0)):
+        outs = await collect(
+            engine,
+            "pen",
+            prompt,
+            max_tokens=32,
+            ignore_eos=True,
+            frequency_penalty=frequency,
+            presence_penalty=presence,
+        )
+        want = penalized_greedy(assets, prompt, 32, frequency, presence)
+        assert tokens(outs) == want
+        assert want != plain, "the penalty must change the output, or this test proves nothing"
+
+
 @pytest.mark.asyncio(loop_scope="session")
 async def test_transformers_engine_batches_concurrent_requests(assets: dict) -> None:
     eng = create_engine("transformers", assets["model"], max_batch_size=4, max_model_len=256)

