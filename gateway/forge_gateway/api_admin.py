@@ -39,12 +39,12 @@ def expert_entry(catalog: ExpertCatalog, expert: ExpertModel) -> dict[str, Any]:
 def _decode_expert(raw: bytes) -> ExpertModel:
     try:
         return msgspec.json.decode(raw, type=ExpertModel)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # a DecodeError subclass: catch it first
         message = str(exc)
         param = message.rsplit(" - at `$.", 1)[1].rstrip("`") if " - at `$." in message else None
         raise InvalidRequestError(f"invalid expert: {message}", param=param) from exc
+    except msgspec.DecodeError as exc:
+        raise InvalidRequestError(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
 def _check_adapter_folder(expert: ExpertModel) -> None:
@@ -135,7 +135,9 @@ async def unregister_expert(name: str, gateway: Gateway) -> Response[bytes]:
 def _adapter_expert(gateway: Gateway, name: str) -> ExpertModel:
     expert = _expert(gateway, name)
     if expert.kind != "adapter":
-        raise InvalidRequestError(f"expert {name!r} is a {expert.kind} expert, not a LoRA adapter", param="name")
+        raise InvalidRequestError(
+            f"expert {name!r} is a {expert.kind} expert, not a LoRA adapter", param="name"
+        )
     if not gateway.catalog.lora_enabled:
         raise InvalidRequestError("this gateway's engine serves no LoRA adapters", param="name")
     return expert
