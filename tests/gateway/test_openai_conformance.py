@@ -19,7 +19,7 @@ pytestmark = pytest.mark.vllm
 def gateway(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
     log = tmp_path_factory.mktemp("gw") / "gateway.log"
     with GatewayProcess(
-        ["--model", str(tiny_model_dir), "--served-model-name", "tiny", "--max-model-len", "256"],
+        ["--model", str(tiny_model_dir), "--served-model-name", "tiny", "--max-model-len", "1024"],
         log_path=log,
     ) as gw:
         yield gw
@@ -129,7 +129,7 @@ def test_errors_in_openai_shape(client: openai.OpenAI, gateway: GatewayProcess) 
     assert bad.value.body["param"] == "messages[0].role"
     with pytest.raises(openai.BadRequestError) as ctx:
         client.chat.completions.create(
-            model="tiny", messages=[{"role": "user", "content": "word " * 400}], max_tokens=10
+            model="tiny", messages=[{"role": "user", "content": "word " * 1500}], max_tokens=10
         )
     assert ctx.value.body["code"] == "context_length_exceeded"
     with pytest.raises(openai.BadRequestError):
@@ -160,3 +160,33 @@ def test_health_and_sdd_generate(gateway: GatewayProcess) -> None:
     )
     body = resp.json()
     assert resp.status_code == 200 and body["expert"] == "tiny" and body["tokens_used"] > 0
+
+
+def test_client_disconnect_mid_stream_aborts_generation(gateway: GatewayProcess) -> None:
+    import time
+
+    body = {
+        "model": "tiny",
+        "prompt": "Once",
+        "max_tokens": 200,
+        "temperature": 1.0,
+        "seed": 1,
+        "stream": True,
+    }
+    with httpx.Client(base_url=gateway.base_url, timeout=60) as http:
+        with http.stream("POST", "/v1/completions", json=body) as resp:
+            lines = resp.iter_lines()
+            seen = [next(lines) for _ in range(6)]
+            assert all(line.startswith("data: ") or line == "" for line in seen)
+            running_during = http.get("/health").json()["engine"]["running"]
+        # Leaving the block closed the connection mid-stream.
+    deadline = time.monotonic() + 20
+    running_after = None
+    with httpx.Client(base_url=gateway.base_url, timeout=10) as http:
+        while time.monotonic() < deadline:
+            running_after = http.get("/health").json()["engine"]["running"]
+            if running_after == 0:
+                break
+            time.sleep(0.2)
+    assert running_during == 1
+    assert running_after == 0
