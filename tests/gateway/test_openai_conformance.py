@@ -168,7 +168,7 @@ def test_client_disconnect_mid_stream_aborts_generation(gateway: GatewayProcess)
     body = {
         "model": "tiny",
         "prompt": "Once",
-        "max_tokens": 200,
+        "max_tokens": 1000,
         "temperature": 1.0,
         "seed": 1,
         "stream": True,
