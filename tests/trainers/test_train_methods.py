@@ -145,3 +145,18 @@ def test_oom_retries_with_half_batch_and_double_accumulation(tiny_model_dir, sft
     assert "retrying with batch size 2 and gradient accumulation 2" in caplog.text
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert (manifest["batch_size"], manifest["gradient_accumulation_steps"]) == (2, 2)
+
+
+def test_assistant_only_loss_needs_generation_markers(tiny_model_dir, sft_file, tmp_path):
+    import shutil
+
+    from forge_sdk.errors import ConfigurationError
+
+    plain = tmp_path / "plain-template"
+    shutil.copytree(tiny_model_dir, plain)
+    (plain / "chat_template.jinja").write_text(
+        "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    )
+    settings = fast_settings(tmp_path, plain, sft_file, assistant_only_loss=True)
+    with pytest.raises(ConfigurationError, match=r"generation %} markers"):
+        train_sft(msgspec.convert(settings, SFTConfig))

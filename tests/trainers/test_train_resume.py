@@ -16,14 +16,14 @@ from tests.trainers.helpers import fast_settings, losses
 
 
 class SignalAt(TrainerCallback):
-    """Sends this process SIGINT at the end of one step, as a Ctrl-C would."""
+    """Sends this process SIGTERM at the end of one step, as a scheduler pre-empting a job would."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, sft_file, tmp_path):
@@ -45,6 +45,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, sft_file,
     with pytest.raises(TrainingInterrupted) as info:
         train_sft(interrupted, callbacks=[SignalAt(4)])  # the flag is seen at step 5's end
     assert info.value.checkpoint.endswith("checkpoint-5")
+    assert info.value.message.startswith("stopped by SIGTERM at step 5")
     assert not (tmp_path / "b" / "adapter_model.safetensors").exists()  # no final model for a cut run
 
     resumed = train_sft(

@@ -163,8 +163,12 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     Raises:
         ConfigurationError: the file is missing, unreadable, not valid YAML/TOML, or not a mapping.
     """
-    import tomllib
     import yaml
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
 
     source = Path(path)
     try:

@@ -17,13 +17,12 @@ Normalised shapes (what TRL's trainers take):
 
 from __future__ import annotations
 
-import csv
-import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from forge_sdk.errors import DataError
+from forge_train.sources import Where, load_jsonl, records, save_jsonl, to_dataset
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -38,196 +37,13 @@ __all__ = [
 ]
 
 _ROLES = {"system", "user", "assistant", "tool"}
-_FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet", ".txt"}
-
-
-class _Where:
-    """Names a record in error messages: ``file: line 12`` for jsonl, ``file: record 12`` otherwise."""
-
-    def __init__(self, source: str, index: int, unit: str) -> None:
-        self.source, self.index, self.unit = source, index, unit
-
-    def error(self, field: str | None, problem: str) -> DataError:
-        at = f" field {field!r}:" if field else ""
-        return DataError(f"{self.source}: {self.unit} {self.index}:{at} {problem}", param=field)
-
-
-# ---------------------------------------------------------------------------------------------
-# Raw readers
-
-
-def save_jsonl(data: Iterable[Mapping[str, Any]], path: str | Path) -> None:
-    """Write records as JSON lines (UTF-8, one object per line), creating parent folders."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", encoding="utf-8") as fh:
-        for record in data:
-            fh.write(json.dumps(dict(record), ensure_ascii=False) + "\n")
-
-
-def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON-lines file (blank lines skipped).
-
-    Raises:
-        DataError: the file is missing, a line is not JSON, or a line is not an object.
-    """
-    return [record for _, record in _iter_jsonl(Path(path))]
-
-
-def _iter_jsonl(path: Path) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    try:
-        fh = path.open(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    with fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = _Where(str(path), number, "line")
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise where.error(None, f"invalid JSON ({exc.msg} at column {exc.colno})") from exc
-            if not isinstance(record, dict):
-                raise where.error(None, f"expected a JSON object, got {type(record).__name__}")
-            yield where, record
-
-
-def _iter_records(path: str | Path) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    """Records of any supported source, each with where it came from."""
-    source = Path(path)
-    suffix = source.suffix.lower()
-    if source.is_dir():
-        yield from _iter_saved_dataset(source)
-        return
-    if not source.exists():
-        if suffix in _FILE_SUFFIXES or str(path).startswith((".", "/", "~")):
-            raise DataError(f"dataset file not found: {path}")
-        yield from _iter_hub_dataset(str(path))
-        return
-    if suffix == ".jsonl":
-        yield from _iter_jsonl(source)
-    elif suffix == ".json":
-        yield from _iter_json(source)
-    elif suffix == ".csv":
-        yield from _iter_csv(source)
-    elif suffix == ".parquet":
-        yield from _iter_parquet(source)
-    else:
-        raise DataError(
-            f"{source}: unsupported data file type {suffix or '(none)'!r}; use .jsonl, .json, .csv or .parquet"
-        )
-
-
-def _iter_json(path: Path) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: line {exc.lineno}: invalid JSON ({exc.msg})") from exc
-    if not isinstance(data, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    for number, record in enumerate(data, start=1):
-        where = _Where(str(path), number, "record")
-        if not isinstance(record, dict):
-            raise where.error(None, f"expected a JSON object, got {type(record).__name__}")
-        yield where, record
-
-
-def _iter_csv(path: Path) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    try:
-        fh = path.open(encoding="utf-8", newline="")
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    with fh:
-        reader = csv.DictReader(fh)
-        try:
-            for number, row in enumerate(reader, start=1):
-                where = _Where(str(path), number, "record")
-                if None in row:
-                    raise where.error(
-                        None, f"has more values than the {len(reader.fieldnames or [])} header columns"
-                    )
-                yield where, {k: _maybe_json(v) for k, v in row.items()}
-        except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: invalid CSV ({exc})") from exc
-
-
-def _maybe_json(value: Any) -> Any:
-    # CSV cells are strings; message lists are stored JSON-encoded.
-    if isinstance(value, str) and value.lstrip().startswith("[{"):
-        try:
-            return json.loads(value)
-        except json.JSONDecodeError:
-            return value
-    return value
-
-
-def _iter_parquet(path: Path) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except Exception as exc:  # pyarrow raises several unrelated types for a corrupt file
-        raise DataError(f"{path}: not a readable parquet file ({exc})") from exc
-    for number, row in enumerate(rows, start=1):
-        yield _Where(str(path), number, "record"), row
-
-
-def _iter_saved_dataset(path: Path) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        ds = load_from_disk(str(path))
-    except Exception as exc:  # datasets raises FileNotFoundError or its own errors
-        raise DataError(f"{path}: not a dataset folder saved with save_to_disk ({exc})") from exc
-    if isinstance(ds, DatasetDict):
-        if "train" not in ds:
-            raise DataError(f"{path}: dataset has no 'train' split (splits: {', '.join(ds)})")
-        ds = ds["train"]
-    for number, row in enumerate(ds, start=1):
-        yield _Where(str(path), number, "record"), dict(row)
-
-
-def _iter_hub_dataset(name: str) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    from datasets import load_dataset
-
-    try:
-        ds = load_dataset(name, split="train")
-    except Exception as exc:  # offline, unknown id, gated...: all the same to the user
-        raise DataError(
-            f"cannot load dataset {name!r}: not a local file or folder, and not a hub dataset ({exc})"
-        ) from exc
-    for number, row in enumerate(ds, start=1):
-        yield _Where(name, number, "record"), dict(row)
-
-
-def _records(
-    path: str | Path, fields: Mapping[str, str] | None, limit: int | None
-) -> Iterator[tuple[_Where, dict[str, Any]]]:
-    rename = {src: dst for dst, src in (fields or {}).items()}
-    for count, (where, record) in enumerate(_iter_records(path)):
-        if limit is not None and count >= limit:
-            return
-        if rename:
-            record = {rename.get(k, k): v for k, v in record.items()}
-        yield where, record
-
-
-def _to_dataset(rows: list[dict[str, Any]], path: str | Path) -> Dataset:
-    from datasets import Dataset
-
-    if not rows:
-        raise DataError(f"{path}: no records")
-    return Dataset.from_list(rows)
 
 
 # ---------------------------------------------------------------------------------------------
 # Field checks
 
 
-def _text(where: _Where, record: Mapping[str, Any], field: str, *, required: bool = True) -> str | None:
+def _text(where: Where, record: Mapping[str, Any], field: str, *, required: bool = True) -> str | None:
     value = record.get(field)
     if value is None:
         if required:
@@ -240,7 +56,7 @@ def _text(where: _Where, record: Mapping[str, Any], field: str, *, required: boo
     return value
 
 
-def _messages(where: _Where, value: Any, field: str, *, need_assistant: bool) -> list[dict[str, str]]:
+def _messages(where: Where, value: Any, field: str, *, need_assistant: bool) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
         raise where.error(field, "expected a non-empty list of {role, content} messages")
     out: list[dict[str, str]] = []
@@ -265,7 +81,7 @@ def _messages(where: _Where, value: Any, field: str, *, need_assistant: bool) ->
 SFTFormat = Literal["auto", "messages", "prompt_response", "alpaca"]
 
 
-def _sft_record(where: _Where, record: dict[str, Any], fmt: SFTFormat) -> dict[str, Any]:
+def _sft_record(where: Where, record: dict[str, Any], fmt: SFTFormat) -> dict[str, Any]:
     if fmt == "auto":
         if "messages" in record:
             fmt = "messages"
@@ -318,11 +134,11 @@ def load_sft_dataset(
     Raises:
         DataError: unreadable source or a malformed record (file, line and field named).
     """
-    rows = [_sft_record(where, rec, format) for where, rec in _records(path, fields, limit)]
-    return _to_dataset(rows, path)
+    rows = [_sft_record(where, rec, format) for where, rec in records(path, fields, limit)]
+    return to_dataset(rows, path)
 
 
-def _dpo_record(where: _Where, record: dict[str, Any], conversational: bool) -> dict[str, Any]:
+def _dpo_record(where: Where, record: dict[str, Any], conversational: bool) -> dict[str, Any]:
     pair: dict[str, Any] = {}
     for side in ("chosen", "rejected"):
         value = record.get(side)
@@ -368,13 +184,13 @@ def load_dpo_dataset(
     """
     rows: list[dict[str, Any]] = []
     conversational: bool | None = None if format == "auto" else format == "conversational"
-    for where, record in _records(path, fields, limit):
+    for where, record in records(path, fields, limit):
         if conversational is None:
             conversational = record.get("prompt_messages") is not None or isinstance(
                 record.get("chosen"), list
             )
         rows.append(_dpo_record(where, record, conversational))
-    return _to_dataset(rows, path)
+    return to_dataset(rows, path)
 
 
 def _chunk_text(text: str, chunk_chars: int) -> list[str]:
@@ -430,9 +246,9 @@ def load_pretrain_dataset(
         chunks = _chunk_text(text, chunk_chars)[:limit]
         if not chunks:
             raise DataError(f"{source}: no text")
-        return _to_dataset([{"text": c} for c in chunks], path)
-    rows = [{"text": _text(where, rec, field)} for where, rec in _records(path, None, limit)]
-    return _to_dataset(rows, path)
+        return to_dataset([{"text": c} for c in chunks], path)
+    rows = [{"text": _text(where, rec, field)} for where, rec in records(path, None, limit)]
+    return to_dataset(rows, path)
 
 
 def prepare_chat_format(dataset: Dataset, tokenizer: Any, max_len: int | None = None) -> Dataset:

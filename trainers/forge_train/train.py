@@ -8,6 +8,7 @@ which runs it and writes the outputs. Each returns the trainer.
 from __future__ import annotations
 
 import os
+import re
 from typing import TYPE_CHECKING, Any
 
 from forge_sdk.errors import ConfigurationError
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 __all__ = ["train_dpo", "train_orpo", "train_pretrain", "train_sft"]
+
+_GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 def _need_dataset(cfg: BaseTrainingConfig, dataset: Dataset | None) -> None:
@@ -49,7 +52,7 @@ def train_sft(
     _need_dataset(config, dataset)
     data = dataset if dataset is not None else load_sft_dataset(config.dataset_path, limit=_limit(config))
     tokenizer = load_tokenizer(config.model_name)
-    if config.assistant_only_loss and "generation" not in (tokenizer.chat_template or ""):
+    if config.assistant_only_loss and not _GENERATION_MARKER.search(tokenizer.chat_template or ""):
         raise ConfigurationError(
             "assistant_only_loss needs a chat template with {% generation %} markers; this tokenizer's has none"
         )
