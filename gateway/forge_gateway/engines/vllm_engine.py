@@ -221,7 +221,9 @@ class VLLMEngine(Engine):
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await handler
             await asyncio.to_thread(llm.shutdown)
-            # Collect it now: vLLM's __del__ calls shutdown again, which fails noisily at exit.
+            # vLLM's __del__ calls shutdown again, which fails noisily at interpreter exit once
+            # module globals are gone; it is done already, so make the second call a no-op.
+            llm.shutdown = lambda *args, **kwargs: None
             del llm
             gc.collect()
         self._identity = None
