@@ -21,6 +21,7 @@ class RouterTrainMethod(TrainingMethod):
         forge-train router --data /work/shared/data/router_train.jsonl \\
             --filler /work/shared/data/pretrain_gutenberg_5mb.txt \\
             --code-chat /work/shared/data/sft_alpaca_2k.jsonl --code-chat-source codealpaca \\
+            --domain-docs 500 \\
             --output plugins/forge_plugins/models/router
     """
 
@@ -43,6 +44,16 @@ class RouterTrainMethod(TrainingMethod):
         )
         parser.add_argument(
             "--code-label", default="code", help="label of the --code-chat examples (default: code)"
+        )
+        parser.add_argument(
+            "--extra", action="append", default=[], help="more labelled JSONL added as is (repeatable)"
+        )
+        parser.add_argument(
+            "--domain-docs",
+            type=int,
+            default=0,
+            metavar="N",
+            help="add N math (SymPy) and N code (Python stdlib) documentation paragraphs (default: 0)",
         )
         parser.add_argument("--no-augment", action="store_true", help="train on --data as given")
         parser.add_argument(
@@ -72,16 +83,26 @@ class RouterTrainMethod(TrainingMethod):
         pairs = (
             load_code_chat(args.code_chat, source_contains=args.code_chat_source) if args.code_chat else []
         )
+        if args.domain_docs < 0:
+            raise ConfigurationError(f"--domain-docs must be >= 0, got {args.domain_docs}")
+        extra = [record for path in args.extra for record in load_labelled(path)]
+        if args.domain_docs:
+            from forge_plugins.router_corpus import domain_docs, domain_docs_versions
+
+            extra += domain_docs(args.domain_docs, seed=args.seed)
         model = train_router(
             records,
             filler=filler,
             code_pairs=pairs,
             code_label=args.code_label,
+            extra=extra,
             augment=not args.no_augment,
             c=args.c,
             seed=args.seed,
         )
         model.meta["data"] = Path(args.data).name
+        if args.domain_docs:
+            model.meta["domain_docs"] = {"per_label": args.domain_docs, **domain_docs_versions()}
         out = model.save(args.output)
         fit = evaluate(lambda q: model.predict(q)[0], records)
         metrics = {"train_accuracy": fit["accuracy"], "train_macro_f1": fit["macro_f1"], **model.meta}

@@ -123,6 +123,51 @@ def load_code_chat(path: str | Path, *, source_contains: str = "") -> list[tuple
     return pairs
 
 
+# Chatty framing seen in real traffic, attached to every class alike so that it carries no signal.
+_PREFIXES = (
+    "",
+    "hey, ",
+    "hi! ",
+    "quick question: ",
+    "can you help me with this? ",
+    "I need some help. ",
+    "please help: ",
+    "ok so ",
+    "Hello, I have a question. ",
+    "I was wondering: ",
+    "Hi there,\n\n",
+)
+_SUFFIXES = (
+    "",
+    " thanks!",
+    " any ideas?",
+    " Please explain.",
+    " Thank you in advance.",
+    " I'm a bit stuck.",
+    " please keep it short.",
+    "\n\nThanks",
+    " Can you help?",
+)
+_LATEX = re.compile(r"\$|\\[a-zA-Z]+")
+_LATEX_SUBS = (
+    (re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}"), r"(\1)/(\2)"),
+    (re.compile(r"\\sqrt\s*\{([^{}]*)\}"), r"sqrt(\1)"),
+    (re.compile(r"\\(?:cdot|times)"), "*"),
+    (re.compile(r"\\(?:le|leq)\b"), "<="),
+    (re.compile(r"\\(?:ge|geq)\b"), ">="),
+    (re.compile(r"\\(?:left|right|displaystyle|,|!|;)"), ""),
+    (re.compile(r"\\([a-zA-Z]+)"), r"\1"),
+    (re.compile(r"[${}]"), ""),
+)
+
+
+def _plain_math(text: str) -> str:
+    """``text`` with its LaTeX spelled the way people type maths in a chat box."""
+    for pattern, repl in _LATEX_SUBS:
+        text = pattern.sub(repl, text)
+    return text
+
+
 def _augment(
     records: Sequence[LabelledQuery],
     rng: random.Random,
@@ -141,8 +186,17 @@ def _augment(
             out.append((f"{context}\n\n{query}" if rng.random() < 0.5 else f"{query}\n\n{context}", label))
         elif roll < 0.5:
             out.append((f"{query}\n{rng.choice(by_label[label])}", label))
-        if rng.random() < 0.15:
-            out.append((query.upper() if rng.random() < 0.3 else query.capitalize(), label))
+        roll = rng.random()
+        if roll < 0.05:
+            out.append((query.upper(), label))
+        elif roll < 0.15:
+            out.append((query.lower(), label))
+        elif roll < 0.2:
+            out.append((query.capitalize(), label))
+        if rng.random() < 0.2:
+            out.append((rng.choice(_PREFIXES) + query + rng.choice(_SUFFIXES), label))
+        if _LATEX.search(query) and rng.random() < 0.6:
+            out.append((_plain_math(query), label))
     seen = {_NORM.sub("", q.lower()) for q, _ in records}
     for request, answer in code_pairs:
         if _NORM.sub("", request.lower()) in seen:
@@ -182,6 +236,7 @@ def train_router(
     filler: Sequence[str] = (),
     code_pairs: Sequence[tuple[str, str]] = (),
     code_label: str = "code",
+    extra: Sequence[LabelledQuery] = (),
     augment: bool = True,
     c: float = 10.0,
     min_df: int = 2,
@@ -194,6 +249,7 @@ def train_router(
         filler: prose paragraphs to embed queries in (pasted-context augmentation).
         code_pairs: ``(request, code answer)`` pairs added as ``code_label`` examples.
         code_label: label given to ``code_pairs``.
+        extra: more ``(text, label)`` examples, added as they are (e.g. domain text).
         augment: apply the augmentations at all.
         c: inverse L2 regularisation strength of the logistic regression.
         min_df: drop features seen in fewer training texts than this.
@@ -211,6 +267,7 @@ def train_router(
     examples = list(records)
     if augment:
         examples += _augment(records, random.Random(seed), filler, code_pairs, code_label)
+    examples += extra
     feats = [extract(q) for q, _ in examples]
     df: Counter[str] = Counter()
     for counts in feats:
@@ -229,7 +286,14 @@ def train_router(
         "n_records": len(records),
         "n_examples": len(examples),
         "n_features": len(names),
-        "params": {"c": c, "min_df": min_df, "seed": seed, "augment": augment, "code_pairs": len(code_pairs)},
+        "params": {
+            "c": c,
+            "min_df": min_df,
+            "seed": seed,
+            "augment": augment,
+            "code_pairs": len(code_pairs),
+            "extra": len(extra),
+        },
         "class_counts": dict(sorted(Counter(label for _, label in records).items())),
     }
     return RouterModel(labels, vocab, idf, coef, intercept, meta)

@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from forge_plugins import HybridClassifier, KeywordClassifier, NeuralClassifier
+from forge_plugins.router_corpus import domain_docs
 from forge_plugins.router_training import evaluate, load_code_chat, load_filler, train_router
 from forge_sdk import DEFAULT_EXPERTS
 
@@ -85,7 +86,9 @@ def _score(classifiers: dict[str, object], records: list[tuple[str, str]]) -> di
     return {name: evaluate(clf.classify, records) for name, clf in classifiers.items()}
 
 
-def leave_one_source_out(rows: list[dict], filler: list[str], pairs: list[tuple[str, str]]) -> None:
+def leave_one_source_out(
+    rows: list[dict], filler: list[str], pairs: list[tuple[str, str]], docs: list[tuple[str, str]]
+) -> None:
     by_group: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_group[_group(row["source"])].append(row)
@@ -96,7 +99,7 @@ def leave_one_source_out(rows: list[dict], filler: list[str], pairs: list[tuple[
             train = [(r["query"], r["label"]) for r in rows if _group(r["source"]) != group]
             # The code chat pairs come from Code Alpaca: leave them out with that source.
             fold_pairs = [] if "codealpaca" in group else pairs
-            model = train_router(train, filler=filler, code_pairs=fold_pairs)
+            model = train_router(train, filler=filler, code_pairs=fold_pairs, extra=docs)
             model_dir = model.save(Path(tmp) / f"fold{i}")
             classifiers = _classifiers(str(model_dir))
             right = 0
@@ -118,6 +121,7 @@ def leave_one_source_out(rows: list[dict], filler: list[str], pairs: list[tuple[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip leave-one-source-out")
+    parser.add_argument("--domain-docs", type=int, default=500, help="as forge-train router --domain-docs")
     args = parser.parse_args()
     rows = _load(DATA / "router_train.jsonl")
     stress = [(r["query"], r["label"]) for r in _load(STRESS)]
@@ -126,7 +130,8 @@ def main() -> None:
     if not args.quick:
         filler = load_filler(DATA / "pretrain_gutenberg_5mb.txt")
         pairs = load_code_chat(DATA / "sft_alpaca_2k.jsonl", source_contains="codealpaca")
-        leave_one_source_out(rows, filler, pairs)
+        docs = domain_docs(args.domain_docs) if args.domain_docs else []
+        leave_one_source_out(rows, filler, pairs, docs)
 
 
 if __name__ == "__main__":

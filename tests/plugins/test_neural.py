@@ -62,8 +62,19 @@ def test_empty_query_goes_to_default(clf: NeuralClassifier) -> None:
 
 
 def test_long_pasted_input_is_bounded_and_routed(clf: NeuralClassifier) -> None:
-    code = "\n".join(f"    total_{i} = compute(values[{i}]) + offset  # step {i}" for i in range(400))
-    query = f"def pipeline(values, offset):\n{code}\n    return total_0\n\nWhy is this function so slow?"
+    body = "\n\n".join(
+        f"def get_{name}(session, key):\n"
+        f'    """Fetch one {name} row by key."""\n'
+        f"    row = session.query({name.title()}).filter_by(id=key).first()\n"
+        "    if row is None:\n"
+        "        raise KeyError(key)\n"
+        "    return row"
+        for name in ("user", "order", "invoice", "product", "customer", "shipment", "payment", "review") * 8
+    )
+    query = (
+        f"Here is our data access module:\n\n{body}\n\nWhy does every call open a new database connection?"
+    )
+    assert len(query) > 10_000
     assert clf.classify(query) == "code"
 
 
