@@ -55,6 +55,9 @@ def create_app(
         request_max_body_size=config.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(title="LargeForge gateway", version="0.1.0", path="/openapi"),
         debug=False,
+        # Logging is configured once by forge_gateway.logs (JSON via structlog); Litestar's
+        # default config would replace the root handler with a plain-text one.
+        logging_config=None,
     )
     app.state.gateway = gateway
     # Keys, rate limits, admission, usage ledger, /metrics and access logs (pure ASGI, outermost).

@@ -19,7 +19,9 @@ from forge_gateway.app import create_app
 from forge_gateway.config import load_config
 from forge_gateway.security import KeyStore
 
-LONG_PROMPT = "tell me a long story about the sea"
+# Greedy decoding of the tiny model (seed 0) runs this prompt past 1800 tokens without EOS, so
+# requests with it take a predictable, long time (checked by _generation_is_long).
+LONG_PROMPT = "sea a long"
 
 
 @asynccontextmanager
@@ -102,7 +104,7 @@ async def test_input_limits(tiny_model_dir: Path, keyed_db: tuple[Path, str]) ->
 
 
 async def _generation_is_long(client: httpx.AsyncClient, headers: dict[str, str], n: int) -> None:
-    """Greedy output of LONG_PROMPT runs to max_tokens (no early EOS), so timings below hold."""
+    """Greedy output of LONG_PROMPT runs to ``n`` tokens (no early EOS), so timings below hold."""
     resp = await client.post(
         "/v1/chat/completions", json=chat(max_tokens=n, content=LONG_PROMPT, temperature=0), headers=headers
     )
@@ -114,7 +116,7 @@ async def test_admission_queue_then_503(tiny_model_dir: Path, keyed_db: tuple[Pa
     headers = {"Authorization": f"Bearer {key}"}
     limits = {"max_concurrent": 1, "max_queue": 1, "queue_timeout": 30}
     async with gateway_client(tiny_model_dir, db, limits=limits) as client:
-        await _generation_is_long(client, headers, 48)
+        await _generation_is_long(client, headers, 1800)  # the other timing tests rely on this too
         body = chat(max_tokens=48, content=LONG_PROMPT, temperature=0)
         results: list[httpx.Response] = []
 
@@ -136,11 +138,9 @@ async def test_admission_queue_then_503(tiny_model_dir: Path, keyed_db: tuple[Pa
 async def test_queue_timeout_and_request_timeout(tiny_model_dir: Path, keyed_db: tuple[Path, str]) -> None:
     db, key = keyed_db
     headers = {"Authorization": f"Bearer {key}"}
-    limits = {"max_concurrent": 1, "max_queue": 4, "queue_timeout": 0.05, "request_timeout": 0.3}
+    limits = {"max_concurrent": 1, "max_queue": 4, "queue_timeout": 0.05, "request_timeout": 0.1}
     async with gateway_client(tiny_model_dir, db, limits=limits) as client:
-        await _generation_is_long(client, headers, 8)
-        slow = chat(max_tokens=2000, content=LONG_PROMPT, temperature=0)
-        slow["max_tokens"] = None  # default_max_tokens (512): far longer than 0.3 s here
+        slow = chat(max_tokens=1800, content=LONG_PROMPT, temperature=0)  # seconds of work
         results: list[httpx.Response] = []
 
         async def one() -> None:
@@ -191,14 +191,13 @@ async def test_tpm_refund_on_failed_request(tiny_model_dir: Path, tmp_path: Path
     db = tmp_path / "refund.db"
     key, _ = KeyStore(db).create("refund", tpm=60000)
     headers = {"Authorization": f"Bearer {key}"}
-    limits = {"request_timeout": 0.2}
+    limits = {"request_timeout": 0.1}
     async with gateway_client(tiny_model_dir, db, limits=limits) as client:
-        slow = chat(max_tokens=None, content=LONG_PROMPT, temperature=0)
-        slow["max_tokens"] = None
+        slow = chat(max_tokens=1800, content=LONG_PROMPT, temperature=0)
         assert (await client.post("/v1/chat/completions", json=slow, headers=headers)).status_code == 504
         probe = await client.post("/v1/chat/completions", json=chat(max_tokens=1), headers=headers)
         prompt = probe.json()["usage"]["prompt_tokens"]
-        # The timed-out request's 500+ token reservation was given back.
+        # The timed-out request's ~1800-token reservation was given back.
         assert int(probe.headers["x-ratelimit-remaining-tokens"]) >= 60000 - (prompt + 1) - 2
 
 
