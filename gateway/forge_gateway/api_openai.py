@@ -150,6 +150,7 @@ async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) ->
         lora=target.lora,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
+        ignore_eos=req.ignore_eos,
     )
     await admit(target, plan.prompt_tokens + plan.n * plan.sampling.max_tokens)
     headers = route_headers(target)
@@ -249,6 +250,7 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
         lora=target.lora,
         presence_penalty=req.presence_penalty,
         frequency_penalty=req.frequency_penalty,
+        ignore_eos=req.ignore_eos,
         id_prefix="cmpl",
     )
     await admit(target, plan.prompt_tokens + plan.n * plan.sampling.max_tokens)

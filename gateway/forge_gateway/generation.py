@@ -70,6 +70,7 @@ async def plan_generation(
     lora: LoraSpec | None = None,
     presence_penalty: float = 0.0,
     frequency_penalty: float = 0.0,
+    ignore_eos: bool = False,
     id_prefix: str = "chatcmpl",
 ) -> GenerationPlan:
     """Render and tokenize the prompt, then check it and ``max_tokens`` against the context.
@@ -121,6 +122,7 @@ async def plan_generation(
         seed=seed,
         presence_penalty=presence_penalty,
         frequency_penalty=frequency_penalty,
+        ignore_eos=ignore_eos,
     )
     return GenerationPlan(f"{id_prefix}-{uuid.uuid4().hex}", ids, sampling, n, lora)
 

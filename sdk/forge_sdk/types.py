@@ -105,6 +105,8 @@ class _SamplingFields(Struct, forbid_unknown_fields=True, kw_only=True):
     """Penalty proportional to token frequency."""
     user: str | None = None
     """End-user id, for logs."""
+    ignore_eos: bool = False
+    """vLLM extension: keep generating past the end-of-sequence token (benchmarks, tests)."""
 
 
 class ChatCompletionRequest(_SamplingFields, kw_only=True):

@@ -169,6 +169,7 @@ def test_client_disconnect_mid_stream_aborts_generation(gateway: GatewayProcess)
         "model": "tiny",
         "prompt": "Once",
         "max_tokens": 1000,
+        "ignore_eos": True,  # so only the disconnect can end it early
         "temperature": 1.0,
         "seed": 1,
         "stream": True,
