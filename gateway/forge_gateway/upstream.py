@@ -1,7 +1,7 @@
 """Remote experts: pooled connections to OpenAI-compatible upstreams, retries, cooldown.
 
-One shared aiohttp session keeps connections alive across requests (httpx measured ~8x slower
-per request here, which alone would miss the proxy's 1,000 requests/s per core). Connect errors,
+A lean pooled HTTP/1.1 client (:mod:`forge_gateway.upstream_http`) keeps connections alive
+across requests; general-purpose clients cost more than the whole 1 ms budget here. Connect errors,
 timeouts and 502/503/504 answers are retried with exponential backoff (SDD §9.3, per-expert
 ``max_retries``, base delay from ``[router] retry_base_delay``). After ``failure_threshold``
 consecutive failed requests an expert cools down for ``cooldown_s``; requests for it then fall
@@ -15,7 +15,6 @@ an in-band OpenAI error event.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -27,6 +26,7 @@ import structlog
 from litestar import Response
 from litestar.response import Stream
 
+from forge_gateway.upstream_http import HttpPool, UpstreamConnectError, UpstreamDisconnectedError, header
 from forge_sdk.errors import ExpertUnavailableError, UpstreamError, UpstreamTimeoutError
 from forge_sdk.retry import RetryPolicy
 from forge_sdk.types import ErrorBody, ErrorResponse
@@ -39,6 +39,7 @@ __all__ = ["UpstreamPool", "UpstreamReply", "UpstreamState"]
 log = structlog.get_logger("forge_gateway.upstream")
 _RETRY_STATUS = frozenset({502, 503, 504})
 _encode = msgspec.json.Encoder().encode
+_JSON_HEADER = b"content-type: application/json\r\n"
 
 
 @dataclass(slots=True)
@@ -105,30 +106,23 @@ class UpstreamPool:
         self.cooldown_s = cooldown_s
         self.retry_base_delay = retry_base_delay
         self.states: dict[str, UpstreamState] = {}
-        self._session: Any = None
-        self._retryable: tuple[type[BaseException], ...] = ()
+        self._http: HttpPool | None = None
+        self._retryable: tuple[type[BaseException], ...] = (
+            asyncio.TimeoutError,
+            UpstreamConnectError,
+            UpstreamDisconnectedError,
+            _RetryableStatusError,
+        )
 
     async def start(self) -> None:
         """Open the shared connection pool."""
-        import aiohttp
-
-        self._retryable = (
-            asyncio.TimeoutError,
-            aiohttp.ClientConnectionError,
-            aiohttp.ClientPayloadError,
-            _RetryableStatusError,
-        )
-        connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=60)
-        # No session-wide timeout: each expert brings its own.
-        self._session = aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), auto_decompress=True
-        )
+        self._http = HttpPool()
 
     async def stop(self) -> None:
         """Close every pooled connection."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._http is not None:
+            self._http.close()
+            self._http = None
 
     def forget(self, names: Iterable[str]) -> None:
         """Drop the circuit state of experts that left the catalog."""
@@ -175,31 +169,33 @@ class UpstreamPool:
         """
         expert = target.expert
         assert expert is not None and expert.endpoint, "call() needs a remote expert"
-        assert self._session is not None, "UpstreamPool.start() was not awaited"
+        http = self._http
+        assert http is not None, "UpstreamPool.start() was not awaited"
         state = self._state(expert.name)
         state.requests += 1
         if not state.available(time.monotonic()):
             raise ExpertUnavailableError(f"expert {expert.name!r} is cooling down after repeated failures")
         url = f"{expert.endpoint.rstrip('/')}/{path}"
-        headers = {"content-type": "application/json"}
+        headers = _JSON_HEADER
         if expert.api_key_env and (key := os.environ.get(expert.api_key_env)):
-            headers["authorization"] = f"Bearer {key}"
+            headers += b"authorization: Bearer %s\r\n" % key.encode("latin-1")
         policy = RetryPolicy(
             max_retries=expert.max_retries, base_delay=self.retry_base_delay, retryable=self._retryable
         )
         timeout = expert.timeout
 
         async def attempt() -> UpstreamReply:
-            if stream:
-                return await self._open_stream(url, body, headers, timeout)
-            # The per-expert timeout bounds the whole attempt, connect to last byte.
-            async with self._session.post(
-                url, data=body, headers=headers, timeout=_timeout(timeout, total=True)
-            ) as response:
-                data = await response.read()
-            if response.status in _RETRY_STATUS:
-                raise _RetryableStatusError(response.status, data[:200].decode(errors="replace"))
-            return UpstreamReply(response.status, response.content_type or "application/json", data)
+            # Non-stream: the per-expert timeout bounds the whole attempt. Stream: the wait for
+            # the headers, for the first chunk and between chunks.
+            status, head, data, chunks = await http.post(url, body, headers, timeout=timeout, stream=stream)
+            if status in _RETRY_STATUS:
+                raise _RetryableStatusError(status, data[:200].decode(errors="replace"))
+            content_type = header(head, b"content-type", "application/json")
+            if chunks is None:
+                return UpstreamReply(status, content_type, data)
+            # Commit to this upstream only once its first body bytes arrived.
+            first = await anext(chunks, b"")
+            return UpstreamReply(status, content_type or "text/event-stream", stream=_prepend(first, chunks))
 
         try:
             reply = await policy.acall(attempt)
@@ -213,23 +209,6 @@ class UpstreamPool:
         if reply.stream is not None:
             reply.stream = self._guard(expert.name, reply.stream)
         return reply
-
-    async def _open_stream(
-        self, url: str, body: bytes, headers: dict[str, str], timeout: float
-    ) -> UpstreamReply:
-        # sock_read bounds the wait for headers, for the first chunk and between chunks.
-        response = await self._session.post(url, data=body, headers=headers, timeout=_timeout(timeout))
-        try:
-            if response.status >= 400:
-                data = await response.read()
-                if response.status in _RETRY_STATUS:
-                    raise _RetryableStatusError(response.status, data[:200].decode(errors="replace"))
-                return UpstreamReply(response.status, response.content_type or "application/json", data)
-            first = await response.content.readany()
-        except BaseException:
-            response.release()
-            raise
-        return UpstreamReply(response.status, "text/event-stream", stream=_relay(response, first))
 
     async def _guard(self, name: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         try:
@@ -261,15 +240,6 @@ class UpstreamPool:
         return Stream(reply.stream, status_code=reply.status, media_type="text/event-stream", headers=headers)
 
 
-@functools.lru_cache(maxsize=64)
-def _timeout(seconds: float, total: bool = False) -> Any:
-    import aiohttp
-
-    if total:
-        return aiohttp.ClientTimeout(total=seconds, sock_connect=seconds)
-    return aiohttp.ClientTimeout(total=None, sock_connect=seconds, sock_read=seconds)
-
-
 def _route_headers(target: Target) -> dict[str, str]:
     from forge_gateway.api_openai import route_headers
 
@@ -284,11 +254,11 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
-async def _relay(response: Any, first: bytes) -> AsyncIterator[bytes]:
+async def _prepend(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     try:
         if first:
             yield first
-        while chunk := await response.content.readany():
+        async for chunk in chunks:
             yield chunk
     finally:
-        response.release()
+        await chunks.aclose()  # type: ignore[attr-defined]

@@ -44,6 +44,7 @@ class MockUpstream:
         self.fail_next: dict[str, int] = {}
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
+        self.connections = 0
         self.port = 0
 
     async def start(self) -> None:
@@ -65,6 +66,7 @@ class MockUpstream:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.writers.add(writer)
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -102,6 +104,11 @@ class MockUpstream:
             return True
         prompt = body.get("messages", [{}])[-1].get("content") if "messages" in body else body.get("prompt")
         text = f"echo from {body.get('model')}: {prompt}"
+        if mode == "idleclose":
+            # Answer, then drop the connection as an idle timeout would, without telling.
+            await self._send(writer, 200, {"choices": [{"message": {"content": "ok"}}]})
+            await asyncio.sleep(0.05)
+            return False
         if not body.get("stream"):
             if path.endswith("/completions") and "messages" not in body:
                 choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}
@@ -214,6 +221,7 @@ async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     reg.register(ExpertModel(name="slow", endpoint=upstream.url("slow"), timeout=0.3, max_retries=0))
     reg.register(ExpertModel(name="reject", endpoint=upstream.url("reject"), **remote))
     reg.register(ExpertModel(name="cut", endpoint=upstream.url("cut"), **remote))
+    reg.register(ExpertModel(name="idleclose", endpoint=upstream.url("idleclose"), **remote))
     reg.register(ExpertModel(name="down", endpoint=f"http://127.0.0.1:{_closed_port()}/v1", **remote))
     config = load_config(
         overrides={
@@ -328,7 +336,7 @@ async def test_connect_errors_retry_then_cooldown_shows_in_experts(live: Live) -
     experts = {e["name"]: e for e in (await live.http.get("/experts")).json()["experts"]}
     status = experts["down"]["status"]
     assert status["state"] == "cooldown" and status["consecutive_failures"] == 2
-    assert 50 < status["cooldown_remaining_s"] <= 60 and "ClientConnectorError" in status["last_error"]
+    assert 50 < status["cooldown_remaining_s"] <= 60 and "UpstreamConnectError" in status["last_error"]
     start = time.monotonic()
     resp = await live.http.post("/v1/chat/completions", json=_chat("down", max_tokens=1))
     assert resp.headers["x-forge-route-reason"] == "fallback:down-cooldown"
@@ -390,3 +398,22 @@ async def test_bad_requests_get_openai_errors(live: Live) -> None:
     assert empty.status_code == 400 and empty.json()["error"]["param"] == "query"
     absent = await live.http.post("/route")
     assert absent.status_code == 400 and "error" in absent.json()
+
+
+async def test_connections_are_kept_alive_and_stale_ones_replaced(live: Live) -> None:
+    await live.http.post("/v1/chat/completions", json=_chat("legal"))
+    before = live.upstream.connections
+    for _ in range(5):
+        assert (await live.http.post("/v1/chat/completions", json=_chat("legal"))).status_code == 200
+    assert live.upstream.connections == before  # all five reused one pooled connection
+    # The upstream silently closes after each answer: the pooled connection is stale next time,
+    # and the request goes out again on a fresh one without counting as a failure.
+    for _ in range(3):
+        resp = await live.http.post("/v1/chat/completions", json=_chat("idleclose"))
+        assert resp.status_code == 200 and resp.headers["x-forge-expert"] == "idleclose"
+        await asyncio.sleep(0.1)
+    assert len(live.upstream.seen("idleclose")) == 3
+    status = {e["name"]: e for e in (await live.http.get("/experts")).json()["experts"]}["idleclose"][
+        "status"
+    ]
+    assert status["failures"] == 0
