@@ -157,11 +157,18 @@ def test_command_trains_lora_student(models, rows):
             "1.5",
             "--alpha",
             "0.7",
+            "--register",
+            "distilled-tiny",
+            "--registry",
+            str(root / "experts.json"),
         ]
     )
     result = cmd().run(args)
     assert result.metrics["steps"] == 4
     assert (out / "adapter_config.json").is_file() and (out / "tokenizer.json").is_file()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["method"] == "distill" and manifest["global_step"] == 4
+    assert "distilled-tiny" in (root / "experts.json").read_text()
 
 
 def test_vocab_mismatch_and_bad_input(models, tmp_path):

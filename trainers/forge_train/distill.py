@@ -252,39 +252,35 @@ class Distiller:
             DataError: bad records.
             TrainingError: the loss became non-finite.
         """
-        import torch
         from transformers import TrainingArguments
+
+        from forge_train.runner import common_training_args, run_training
 
         if self.student is None:
             self.load_models()
         cfg = self.config
         train_ds = self._tokenize(load_text_records(dataset))
-        args = TrainingArguments(
-            output_dir=cfg.output_dir,
-            num_train_epochs=cfg.num_train_epochs,
-            max_steps=cfg.max_steps,
-            per_device_train_batch_size=cfg.batch_size,
-            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-            learning_rate=cfg.learning_rate,
-            logging_steps=cfg.logging_steps,
-            save_steps=cfg.save_steps,
-            seed=cfg.seed,
-            use_cpu=not torch.cuda.is_available(),
-            bf16=False,
-            report_to=[],
-            remove_unused_columns=False,
-            disable_tqdm=True,
-        )
-        self.trainer = _trainer_class()(
-            distiller=self, model=self.student, args=args, train_dataset=train_ds, data_collator=self._collate
-        )
-        resume = cfg.resume and any(Path(cfg.output_dir).glob("checkpoint-*"))
-        self.trainer.train(resume_from_checkpoint=True if resume else None)
+
+        def factory(batch_size: int, grad_accum: int, callbacks: list[Any]) -> Any:
+            targs = common_training_args(cfg, batch_size, grad_accum)
+            targs.pop("max_length", None)  # a TRL option; plain TrainingArguments rejects it
+            targs.update(remove_unused_columns=False, disable_tqdm=True)
+            return _trainer_class()(
+                distiller=self,
+                model=self.student,
+                args=TrainingArguments(**targs),
+                train_dataset=train_ds,
+                data_collator=self._collate,
+                processing_class=self.tokenizer,
+                callbacks=callbacks,
+            )
+
+        # The shared runner gives distillation what every method has: resume, OOM back-off,
+        # a checkpoint on SIGINT, manifest/metrics/loss plot, and --register.
+        self.trainer = run_training(cfg, "distill", factory)
         losses = [e["loss"] for e in self.trainer.state.log_history if "loss" in e]
         if losses and not all(map(_finite, losses)):
             raise TrainingError(f"distillation diverged (loss {losses[-1]}); lower the learning rate")
-        self.trainer.save_model(cfg.output_dir)
-        self.tokenizer.save_pretrained(cfg.output_dir)
         return self.student
 
 
@@ -379,6 +375,10 @@ class DistillCommand(TrainingMethod):
         parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
         parser.add_argument("--logging-steps", type=int, default=10, help="log every N steps")
         parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        parser.add_argument(
+            "--register", default=None, help="add the result to the expert registry under NAME"
+        )
+        parser.add_argument("--registry", default=None, help="expert registry file (default $FORGE_REGISTRY)")
 
     def run(self, args: argparse.Namespace) -> TrainingResult:
         """Build a :class:`DistillConfig` from the flags and train."""
@@ -404,6 +404,8 @@ class DistillCommand(TrainingMethod):
                     "lora": {"r": args.lora_r, "lora_alpha": args.lora_alpha},
                     "logging_steps": args.logging_steps,
                     "resume": args.resume,
+                    "register": args.register,
+                    "registry_path": args.registry,
                 },
                 DistillConfig,
             )
