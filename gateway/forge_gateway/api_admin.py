@@ -90,6 +90,16 @@ def _validate(gateway: Gateway, expert: ExpertModel) -> None:
                 param="adapter_path",
             )
         _check_adapter_folder(expert)
+    if expert.kind == "standalone":
+        if not catalog.standalone_enabled:
+            raise InvalidRequestError(
+                "this gateway's engine cannot start engines for standalone experts", param="model_path"
+            )
+        if not (Path(str(expert.model_path)).expanduser() / "config.json").is_file():
+            raise InvalidRequestError(
+                f"model_path {expert.model_path!r} is not a model folder on the gateway host (no config.json)",
+                param="model_path",
+            )
 
 
 @post("/admin/experts", status_code=201)

@@ -135,7 +135,7 @@ async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) ->
         response, target = await gateway.forward_remote(target, req, "chat/completions")
         if response is not None:
             return response  # type: ignore[no-any-return]
-    engine = gateway.engine_for(target)
+    engine, target = await gateway.acquire(target)
     plan = await plan_generation(
         engine,
         messages=[{"role": m.role, "content": message_text(m)} for m in req.messages],
@@ -235,7 +235,7 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
         response, target = await gateway.forward_remote(target, req, "completions")
         if response is not None:
             return response  # type: ignore[no-any-return]
-    engine = gateway.engine_for(target)
+    engine, target = await gateway.acquire(target)
     plan = await plan_generation(
         engine,
         messages=None,

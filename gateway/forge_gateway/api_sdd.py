@@ -60,6 +60,9 @@ async def health(gateway: Gateway) -> Response[bytes]:
         "model": gateway.catalog.base_model_name,
         "engine": {**engine, "name": gateway.engine.name, "running": stats.running, "waiting": stats.waiting},
         "experts": len(gateway.catalog.experts),
+        # One entry per standalone expert's own engine; they do not make the gateway unhealthy
+        # (requests for a failed one fall back or get a 503), so the status follows the base engine.
+        "standalone_engines": await gateway.standalone.health(),
     }
     return _json(body, status=200 if engine.get("ok") else 503)
 
@@ -72,9 +75,12 @@ def experts(gateway: Gateway) -> Response[bytes]:
     out = []
     for expert in catalog.experts.values():
         entry = expert_entry(catalog, expert)
-        entry["status"] = (
-            gateway.upstreams.status(expert.name) if expert.kind == "remote" else {"state": "ok"}
-        )
+        if expert.kind == "remote":
+            entry["status"] = gateway.upstreams.status(expert.name)
+        elif expert.kind == "standalone":
+            entry["status"] = gateway.standalone.status(expert.name)
+        else:
+            entry["status"] = {"state": "ok"}
         out.append(entry)
     return _json({"experts": out, "base_model": catalog.base_model_name})
 
@@ -164,7 +170,7 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
         answer, target = await _generate_remote(gateway, target, req, chat)
         if answer is not None:
             return answer
-    engine = gateway.engine_for(target)
+    engine, target = await gateway.acquire(target)
     plan = await plan_generation(
         engine,
         messages=messages,

@@ -16,6 +16,7 @@ from forge_gateway.api_sdd import sdd_routes
 from forge_gateway.config import GatewayConfig
 from forge_gateway.engines.base import Engine
 from forge_gateway.errors import exception_handlers
+from forge_gateway.fastpath import RemoteFastPath
 from forge_gateway.security import install_security
 from forge_gateway.state import Gateway
 from forge_sdk.plugins import get_plugin_manager
@@ -60,6 +61,7 @@ def create_app(
         logging_config=None,
     )
     app.state.gateway = gateway
+    app.asgi_handler = RemoteFastPath(app.asgi_handler, gateway)  # remote experts skip the framework
     # Keys, rate limits, admission, usage ledger, /metrics and access logs (pure ASGI, outermost).
     install_security(app, gateway)
     return app
@@ -68,11 +70,9 @@ def create_app(
 def engine_options(config: GatewayConfig) -> dict[str, object]:
     """Engine keyword arguments from the config's ``[engine]`` section."""
     e = config.engine
-    options: dict[str, object] = {
-        "max_model_len": e.max_model_len,
-        "enable_lora": e.enable_lora,
-        "dtype": e.dtype,
-    }
+    options: dict[str, object] = {"enable_lora": e.enable_lora, "dtype": e.dtype}
+    if e.max_model_len is not None:  # None: the engine's own default (VLLMEngine refuses None)
+        options["max_model_len"] = e.max_model_len
     if e.kind in ("vllm", "auto"):
         options.update(
             max_loras=e.max_loras,

@@ -53,6 +53,12 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Fraction of GPU memory vLLM may take."""
     max_batch_size: Positive = 32
     """Most sequences per step (transformers engine) / ``max_num_seqs`` (vLLM)."""
+    standalone_start: Literal["lazy", "startup"] = "lazy"
+    """When the engines of standalone (merged / quantized) experts start: on each one's first
+    request (no memory held for idle experts) or with the gateway (no first-request delay)."""
+    standalone_gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.2
+    """Fraction of GPU memory each standalone expert's vLLM engine may take (the base engine's
+    ``gpu_memory_utilization`` plus these must stay below 1 on a shared GPU)."""
 
 
 class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):

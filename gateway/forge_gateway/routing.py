@@ -53,6 +53,7 @@ class ExpertCatalog:
         plugin_experts: experts registered by plugins.
         registry_path: registry JSON file to merge and watch (optional).
         lora_enabled: whether adapter experts can be served (the engine supports LoRA).
+        standalone_enabled: whether standalone experts (``model_path``) can get their own engine.
     """
 
     def __init__(
@@ -63,10 +64,12 @@ class ExpertCatalog:
         *,
         lora_enabled: bool,
         default_expert: str = "general",
+        standalone_enabled: bool = False,
     ) -> None:
         self.base_model_name = base_model_name
         self.default_expert = default_expert
         self.lora_enabled = lora_enabled
+        self.standalone_enabled = standalone_enabled
         self._plugin_experts = {e.name: e for e in plugin_experts}
         self.registry = ExpertRegistry(registry_path) if registry_path else None
         self._mtime = self.registry.mtime() if self.registry else None
@@ -193,6 +196,8 @@ class ExpertCatalog:
         """Whether this gateway can serve the expert at all."""
         if expert.kind == "adapter":
             return self.lora_enabled
+        if expert.kind == "standalone":
+            return self.standalone_enabled
         return expert.kind in ("base", "remote")
 
     # --- resolution ------------------------------------------------------------------------

@@ -11,12 +11,14 @@ import pluggy
 import structlog
 
 from forge_gateway.config import GatewayConfig
+from forge_gateway.engine_pool import STANDALONE_KINDS, EnginePool, standalone_factory
 from forge_gateway.engines.base import Engine, LoraSpec
 from forge_gateway.routing import ExpertCatalog, Target
 from forge_gateway.upstream import UpstreamPool
 from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import (
     ConfigurationError,
+    EngineUnavailableError,
     ExpertUnavailableError,
     RequestTimeoutError,
     UpstreamError,
@@ -58,7 +60,13 @@ class Gateway:
             config.registry,
             lora_enabled=engine.supports_lora,
             default_expert=config.router.default_expert,
+            standalone_enabled=engine.name in STANDALONE_KINDS,
         )
+        # Standalone (merged / quantized) experts each get an engine of the base engine's kind.
+        self.standalone = EnginePool(
+            standalone_factory(config, engine.name), retry_after=config.router.cooldown_s
+        )
+        self.standalone.sync(self.catalog.experts)
         self.classifiers: dict[str, type[Classifier]] = collect(
             pm, "register_classifiers", key=lambda c: c.name
         )
@@ -92,6 +100,7 @@ class Gateway:
     def _on_experts_changed(self, old: dict[str, ExpertModel], new: dict[str, ExpertModel]) -> None:
         gone = [name for name in old if name not in new or new[name] != old[name]]
         self.upstreams.forget(gone)
+        self.standalone.retire_soon(self.standalone.sync(new))
         # Unload adapters that left or changed, so the engine frees them and a re-registered
         # name never serves stale weights (new folders get new ids in the catalog).
         for name in gone:
@@ -117,8 +126,40 @@ class Gateway:
             log.warning("lora_unload_failed", adapter=spec.name, error=str(exc))
 
     def engine_for(self, target: Target) -> Engine:
-        """The engine that serves a local target."""
+        """The engine that serves a local target (a standalone expert's must be started: see
+        :meth:`acquire`).
+
+        Raises:
+            EngineUnavailableError: the standalone expert's engine is not running.
+        """
+        if target.expert is not None and target.expert.kind == "standalone":
+            engine = self.standalone.running(target.expert.name)
+            if engine is None:
+                raise EngineUnavailableError(f"the engine of expert {target.expert.name!r} is not running")
+            return engine
         return self.engine
+
+    async def acquire(self, target: Target) -> tuple[Engine, Target]:
+        """The engine for a local target, starting a standalone expert's engine on first use.
+
+        A standalone engine that cannot start sends the request to the default expert (SDD §9.2);
+        the returned target then says ``fallback:<expert>-engine``.
+
+        Raises:
+            EngineUnavailableError: the engine failed and no local fallback exists (503).
+        """
+        expert = target.expert
+        if expert is None or expert.kind != "standalone":
+            return self.engine, target
+        try:
+            return await self.standalone.get(expert), target
+        except EngineUnavailableError as exc:
+            try:
+                fallback = self.catalog.fallback(target, "engine")
+            except ExpertUnavailableError:
+                raise exc from None
+            log.warning("expert_fallback", expert=expert.name, to=fallback.expert_name, error=exc.message)
+            return await self.acquire(fallback)
 
     async def forward_remote(self, target: Target, request: Any, path: str) -> tuple[Any, Target]:
         """Send a request to a remote expert with retries; on failure pick the fallback.
@@ -149,7 +190,10 @@ class Gateway:
     async def start(self) -> None:
         await self.engine.start()
         await self.upstreams.start()
+        if self.config.engine.standalone_start == "startup":
+            await self.standalone.start_all()
 
     async def stop(self) -> None:
         await self.upstreams.stop()
+        await self.standalone.stop_all()
         await self.engine.stop()
