@@ -205,6 +205,10 @@ class LocalTeacher:
             self.model = AutoModelForCausalLM.from_pretrained(config.model_name, dtype="auto")
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load teacher model {config.model_name!r}: {exc}") from exc
+        import torch
+
+        if torch.cuda.is_available():
+            self.model.to("cuda")
         self.model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:

@@ -180,7 +180,12 @@ def _check_model(model: str) -> None:
         return  # a hub id: the worker loads it
     cfg_path = path / "config.json"
     if not cfg_path.is_file():
-        raise ModelError(f"{model} is not a model folder: it has no config.json")
+        hint = (
+            " (it is a LoRA adapter: run `forge-train merge` first)"
+            if (path / "adapter_config.json").is_file()
+            else ""
+        )
+        raise ModelError(f"{model} is not a model folder: it has no config.json{hint}")
     cfg = json.loads(cfg_path.read_text())
     if cfg.get("quantization_config"):
         method = cfg["quantization_config"].get("quant_method", "?")
