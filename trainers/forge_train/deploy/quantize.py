@@ -7,7 +7,8 @@ on transformers 5. So llm-compressor lives in its own venv (``$FORGE_QUANT_VENV`
 a subprocess. The main install stays consistent and never imports llm-compressor.
 
 Set ``FORGE_QUANT_AUTO_INSTALL=0`` to forbid building the venv (the error then gives the exact
-install command).
+install command). Build it ahead of time (setup, CI) with
+``python -c "from forge_train.deploy import ensure_quant_env; ensure_quant_env()"``.
 """
 
 from __future__ import annotations
