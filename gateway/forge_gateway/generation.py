@@ -24,6 +24,7 @@ __all__ = ["Choice", "GenerationPlan", "plan_generation", "run_to_completion", "
 # Tokenizing a few KB inline is faster than a thread hop; bigger inputs go to a worker thread
 # so one huge prompt cannot stall every other request on the event loop.
 _INLINE_TOKENIZE_CHARS = 4096
+_GREEDY_BELOW = 1e-5
 
 
 @dataclass(slots=True)
@@ -114,6 +115,13 @@ async def plan_generation(
     if max_tokens is None:
         max_tokens = min(room, limits.default_max_tokens)
     stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+    if temperature < _GREEDY_BELOW or top_p < _GREEDY_BELOW:
+        # Both mean "only the most likely token", and tiny values break float32 sampling
+        # (logits / T overflow; top_p rounds to 0 and drops every token): decode greedily, as
+        # vLLM does for temperature below the same threshold.
+        temperature = 0.0
+    if seed is not None and not -(2**63) <= seed < 2**63:
+        raise InvalidRequestError("seed must be a 64-bit signed integer", param="seed")
     sampling = SamplingOptions(
         max_tokens=max_tokens,
         temperature=temperature,

@@ -26,11 +26,13 @@ from typing import Any
 
 from forge_sdk.errors import ConfigurationError, InvalidRequestError, NotFoundError
 
-__all__ = ["ApiKey", "KeyStore", "UsageRow", "hash_secret", "parse_key", "verify_secret"]
+__all__ = ["MAX_LIMIT", "ApiKey", "KeyStore", "UsageRow", "hash_secret", "parse_key", "verify_secret"]
 
 KEY_PREFIX = "lf"
 _ID_BYTES = 6
 _SECRET_BYTES = 32
+MAX_LIMIT = 10**12
+"""Largest rpm/tpm accepted (SQLite integers are 64-bit; nobody needs more per minute)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -221,8 +223,10 @@ class KeyStore:
         if not name or not name.strip():
             raise InvalidRequestError("key name must not be empty", param="name")
         for label, value in (("rpm", rpm), ("tpm", tpm)):
-            if value is not None and value < 1:
-                raise InvalidRequestError(f"{label} must be >= 1, got {value}", param=label)
+            if value is not None and not 1 <= value <= MAX_LIMIT:
+                raise InvalidRequestError(
+                    f"{label} must be between 1 and {MAX_LIMIT}, got {value}", param=label
+                )
         model_list = sorted({m.strip() for m in models if m.strip()}) if models is not None else None
         if model_list is not None and not model_list:
             raise InvalidRequestError("models must name at least one model or expert", param="models")

@@ -219,6 +219,6 @@ def install_security(app: Litestar, gateway: Gateway) -> SecurityLayer:
     app.on_startup.append(layer.start)
     app.on_shutdown.append(layer.stop)
     layer.known_paths = frozenset(route.path for route in app.routes if "{" not in route.path)
-    describe_bodies(app)
+    describe_bodies(app, gateway.config.limits)
     app.asgi_handler = SecurityMiddleware(app.asgi_handler, layer)
     return layer

@@ -8,11 +8,14 @@ give. Nothing here runs per request.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from litestar import Litestar
 from litestar._openapi.plugin import OpenAPIPlugin
+
+if TYPE_CHECKING:
+    from forge_gateway.config import LimitsConfig
 
 __all__ = ["describe_bodies"]
 
@@ -42,14 +45,51 @@ def _bodies() -> dict[tuple[str, str], type]:
     }
 
 
-def augment_schema(schema: dict[str, Any]) -> None:
-    """Add request bodies, security schemes and error responses to a built schema (in place)."""
-    from forge_sdk.types import ErrorResponse
+def _answers() -> dict[tuple[str, str], type]:
+    from forge_sdk.types import ChatCompletion, Completion, GenerateResponse, ModelList, RouteDecision
 
-    bodies = _bodies()
-    types = [*bodies.values(), ErrorResponse]
+    return {
+        ("/v1/chat/completions", "post"): ChatCompletion,
+        ("/v1/completions", "post"): Completion,
+        ("/generate", "post"): GenerateResponse,
+        ("/v1/models", "get"): ModelList,
+        ("/route", "post"): RouteDecision,
+    }
+
+
+def _bound_requests(schemas: dict[str, Any], limits: LimitsConfig) -> None:
+    """Write this server's limits into the request schemas, so the schema is the real contract."""
+    for name in ("ChatCompletionRequest", "CompletionRequest", "GenerateRequest"):
+        props = schemas.get(name, {}).get("properties", {})
+        for field in ("max_tokens", "max_completion_tokens"):
+            prop = props.get(field)
+            if prop is None:
+                continue
+            for option in prop.get("anyOf", [prop]):
+                if option.get("type") == "integer":
+                    option["maximum"] = limits.max_tokens
+        if "messages" in props:
+            for option in props["messages"].get("anyOf", [props["messages"]]):
+                if option.get("type") == "array":
+                    option["maxItems"] = limits.max_messages
+        for option in props.get("seed", {}).get("anyOf", []):
+            if option.get("type") == "integer":
+                option.update(minimum=-(2**63), maximum=2**63 - 1)
+        if "model" in props:
+            props["model"].setdefault("examples", ["auto"])
+
+
+def augment_schema(schema: dict[str, Any], limits: LimitsConfig) -> None:
+    """Add request/response bodies, limits, security schemes and error responses (in place)."""
+    from forge_sdk.types import ChatCompletionChunk, Completion, ErrorResponse
+
+    # Streamed requests answer SSE whose ``data:`` events are these (then ``[DONE]``).
+    chunks: dict[str, type] = {"/v1/chat/completions": ChatCompletionChunk, "/v1/completions": Completion}
+    bodies, answers = _bodies(), _answers()
+    types = list(dict.fromkeys([*bodies.values(), *answers.values(), *chunks.values(), ErrorResponse]))
     refs, components = msgspec.json.schema_components(types, ref_template="#/components/schemas/{name}")
-    ref_of = dict(zip(types, refs, strict=False))
+    ref_of = dict(zip(types, refs, strict=True))
+    _bound_requests(components, limits)
     comps = schema.setdefault("components", {})
     comps.setdefault("schemas", {}).update(components)
     comps["securitySchemes"] = {
@@ -71,23 +111,36 @@ def augment_schema(schema: dict[str, Any]) -> None:
             if path == "/health":
                 op["security"] = []
             responses = op["responses"]
+            for status, response in responses.items():
+                if status.startswith("2"):
+                    # Handlers return pre-encoded JSON bytes, which Litestar documents as a string.
+                    answer = answers.get((path, method))
+                    body_schema = ref_of[answer] if answer is not None else {"type": "object"}
+                    response["content"] = {"application/json": {"schema": body_schema}}
+                    chunk = chunks.get(path)
+                    if chunk is not None:
+                        # OpenAPI 3.2 style: one item per SSE event; ``data`` holds a JSON chunk
+                        # (the referenced schema) or the final ``[DONE]``.
+                        data = {"type": "string", "description": f"JSON {ref_of[chunk]['$ref']} or [DONE]"}
+                        response["content"]["text/event-stream"] = {
+                            "itemSchema": {
+                                "type": "object",
+                                "required": ["data"],
+                                "properties": {"data": data},
+                            }
+                        }
             for status, text in _ERRORS.items():
-                responses.setdefault(status, {"description": text, "content": error_content})
-            if body_type is not None:
-                for ok in ("200", "201"):
-                    if ok in responses:
-                        # Streaming requests answer text/event-stream; both media types are valid.
-                        content = responses[ok].setdefault("content", {})
-                        content.setdefault("text/event-stream", {"schema": {"type": "string"}})
+                # Every error, Litestar's own included, leaves in the OpenAI shape (errors.py).
+                responses[status] = {"description": text, "content": error_content}
 
 
-def describe_bodies(app: Litestar) -> None:
+def describe_bodies(app: Litestar, limits: LimitsConfig) -> None:
     """Augment ``app``'s OpenAPI schema at start-up (built once, then cached by Litestar)."""
     if app.openapi_config is None:
         return
 
     def build() -> None:
         plugin = app.plugins.get(OpenAPIPlugin)
-        augment_schema(plugin.provide_openapi_schema())
+        augment_schema(plugin.provide_openapi_schema(), limits)
 
     app.on_startup.append(build)

@@ -15,6 +15,7 @@ from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 
 from forge_gateway.errors import validation_error
+from forge_gateway.security.keys import MAX_LIMIT
 from forge_sdk.errors import InvalidRequestError
 
 __all__ = ["CreateKeyRequest", "security_routes"]
@@ -28,9 +29,9 @@ class CreateKeyRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True)
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
     """Human-readable label (shown in logs and listings)."""
-    rpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    rpm: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] | None = None
     """Requests per minute (default: the server's ``rate_limit.default_rpm``)."""
-    tpm: Annotated[int, msgspec.Meta(ge=1)] | None = None
+    tpm: Annotated[int, msgspec.Meta(ge=1, le=MAX_LIMIT)] | None = None
     """Tokens per minute, prompt + completion (default: ``rate_limit.default_tpm``)."""
     models: list[Annotated[str, msgspec.Meta(min_length=1)]] | None = None
     """Models/experts the key may use (default: all)."""
