@@ -11,7 +11,7 @@ The model is a random Qwen2 built locally (hidden 512, 4 layers by default: big 
 weights, not Python overhead, dominate), trained on real rows of ../shared/data/sft_alpaca_2k.jsonl.
 Prints a table; it asserts nothing. Run:
 
-    OMP_NUM_THREADS=1 python tests/performance/bench_training.py [--steps 16] [--repeats 2]
+    OMP_NUM_THREADS=1 python tests/performance/bench_training.py [--only throughput|memory] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -114,9 +114,52 @@ def plain_trl_child(a: argparse.Namespace) -> None:
     Path(a.out, "plain.json").write_text(json.dumps({"tokens": tokens, **result.metrics}))
 
 
+def _build(tmp: Path, name: str, hidden: int, layers: int) -> Path:
+    from forge_gateway.tiny_model import build_tiny_model
+
+    heads = hidden // 64  # vLLM-friendly head_dim 64
+    return build_tiny_model(
+        tmp / name, hidden_size=hidden, num_layers=layers, num_heads=heads,
+        num_kv_heads=max(1, heads // 2), intermediate_size=hidden * 11 // 4,
+    )  # fmt: skip
+
+
+def throughput(tmp: Path, a: argparse.Namespace) -> None:
+    """forge-train sft vs plain TRL, alternating, with and without packing."""
+    model = _build(tmp, "model", a.hidden, a.layers)
+    print(f"throughput: Qwen2 hidden {a.hidden}, {a.layers} layers; {a.steps} steps, batch {a.batch_size}, "
+          f"max_length {a.max_length}, LoRA r 8; OMP_NUM_THREADS={_env()['OMP_NUM_THREADS']}")  # fmt: skip
+    print(
+        f"{'variant':<16}{'forge-train':>14}{'plain TRL':>14}{'ratio':>9}   (tokens/s, median of {a.repeats})"
+    )
+    for packing in (False, True):
+        forge, plain = [], []
+        for i in range(a.repeats):
+            flags = ["--packing"] if packing else ["--no-packing"]
+            forge.append(_forge(model, tmp / f"f{packing}{i}", a, flags)["tok_s"])
+            plain.append(_plain(model, tmp / f"p{packing}{i}", a, packing)["tok_s"])
+        f, p = statistics.median(forge), statistics.median(plain)
+        print(f"{f'packing={packing}':<16}{f:>14.1f}{p:>14.1f}{f / p:>9.3f}")
+
+
+def memory(tmp: Path, a: argparse.Namespace) -> None:
+    """Peak RSS of forge-train sft as LoRA, QLoRA and full fine-tuning."""
+    from safetensors.torch import load_file
+
+    model = _build(tmp, "big", a.mem_hidden, a.mem_layers)
+    params = sum(t.numel() for t in load_file(model / "model.safetensors").values())
+    a.steps, a.batch_size, a.max_length = a.mem_steps, a.mem_batch_size, a.mem_max_length
+    print(f"\npeak RSS: Qwen2 hidden {a.mem_hidden}, {a.mem_layers} layers, {params / 1e6:.1f}M params (fp32 "
+          f"{params * 4 / 2**20:.0f} MiB); {a.steps} steps, batch {a.batch_size}, max_length {a.max_length}")  # fmt: skip
+    print(f"{'mode':<10}{'peak RSS MiB':>14}{'tokens/s':>12}")
+    for name, flags in (("LoRA", []), ("QLoRA", ["--load-in-4bit"]), ("full", ["--full"])):
+        r = _forge(model, tmp / f"m-{name}", a, flags)
+        print(f"{name:<10}{r['rss']:>14.0f}{r['tok_s']:>12.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument(
@@ -124,10 +167,14 @@ def main() -> None:
     )
     parser.add_argument("--hidden", type=int, default=512)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--mem-hidden", type=int, default=1024, help="model width for the memory runs")
+    parser.add_argument("--mem-hidden", type=int, default=1536, help="model width for the memory runs")
+    parser.add_argument("--mem-layers", type=int, default=6, help="model depth for the memory runs")
     parser.add_argument(
         "--mem-steps", type=int, default=3, help="steps per memory run (the peak comes early)"
     )
+    parser.add_argument("--mem-batch-size", type=int, default=1)
+    parser.add_argument("--mem-max-length", type=int, default=64)
+    parser.add_argument("--only", choices=["throughput", "memory"], help="run one part only")
     parser.add_argument("--plain-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--packing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
@@ -136,47 +183,11 @@ def main() -> None:
     if a.plain_child:
         plain_trl_child(a)
         return
-
-    from safetensors.torch import load_file
-
-    from forge_gateway.tiny_model import build_tiny_model
-
     with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp_name:
-        tmp = Path(tmp_name)
-        heads = a.hidden // 64
-        model = build_tiny_model(
-            tmp / "model", hidden_size=a.hidden, num_layers=a.layers, num_heads=heads,
-            num_kv_heads=max(1, heads // 2), intermediate_size=a.hidden * 11 // 4,
-        )  # fmt: skip
-        print(f"model: Qwen2 hidden {a.hidden}, {a.layers} layers; {a.steps} steps, batch {a.batch_size}, "
-              f"max_length {a.max_length}; OMP_NUM_THREADS={_env()['OMP_NUM_THREADS']}")  # fmt: skip
-        rows = []
-        for packing in (False, True):
-            forge, plain = [], []
-            for i in range(a.repeats):
-                flags = ["--packing"] if packing else ["--no-packing"]
-                forge.append(_forge(model, tmp / f"f{packing}{i}", a, flags)["tok_s"])
-                plain.append(_plain(model, tmp / f"p{packing}{i}", a, packing)["tok_s"])
-            f, p = statistics.median(forge), statistics.median(plain)
-            rows.append((f"packing={packing}", f, p, f / p))
-        print(f"\nthroughput (tokens/s, median of {a.repeats})")
-        print(f"{'variant':<16}{'forge-train':>14}{'plain TRL':>14}{'ratio':>9}")
-        for name, f, p, r in rows:
-            print(f"{name:<16}{f:>14.1f}{p:>14.1f}{r:>9.3f}")
-
-        heads = a.mem_hidden // 64
-        big = build_tiny_model(
-            tmp / "big", hidden_size=a.mem_hidden, num_layers=a.layers, num_heads=heads,
-            num_kv_heads=max(1, heads // 2), intermediate_size=a.mem_hidden * 11 // 4,
-        )  # fmt: skip
-        params = sum(t.numel() for t in load_file(big / "model.safetensors").values())
-        print(f"\npeak RSS of `forge-train sft` (MiB), Qwen2 hidden {a.mem_hidden}, {a.layers} layers, "
-              f"{params / 1e6:.1f}M params, {a.mem_steps} steps")  # fmt: skip
-        print(f"{'mode':<10}{'peak RSS':>12}{'tokens/s':>12}")
-        a.steps = a.mem_steps
-        for name, flags in (("LoRA", []), ("QLoRA", ["--load-in-4bit"]), ("full", ["--full"])):
-            r = _forge(big, tmp / f"m-{name}", a, flags)
-            print(f"{name:<10}{r['rss']:>12.0f}{r['tok_s']:>12.1f}")
+        if a.only != "memory":
+            throughput(Path(tmp_name), a)
+        if a.only != "throughput":
+            memory(Path(tmp_name), a)
 
 
 if __name__ == "__main__":

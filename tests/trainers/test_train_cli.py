@@ -184,6 +184,7 @@ def test_sigint_saves_checkpoint_exits_130_then_resumes(tiny_model_dir, sft_file
     assert json.loads((out / "manifest.json").read_text())["global_step"] == step + 3
 
 
+@pytest.mark.slow  # two interpreter start-ups (launcher + worker): ~25 s idle, over 60 s on a loaded machine
 def test_accelerate_launch_cpu(tiny_model_dir, sft_file, tmp_path):
     out = tmp_path / "acc"
     cmd = [
