@@ -275,6 +275,18 @@ async def test_non_streaming_proxy_rewrites_model_and_sends_key(live: Live) -> N
     assert sent["body"]["max_tokens"] == 4
 
 
+async def test_remote_usage_is_recorded(live: Live) -> None:
+    seen: list[tuple[str, int, int, str]] = []
+    gateway = live.app.state.gateway
+    listener = lambda target, p, c, engine: seen.append((target.expert_name, p, c, engine))  # noqa: E731
+    gateway.usage_listeners.append(listener)
+    try:
+        assert (await live.http.post("/v1/chat/completions", json=_chat("legal"))).status_code == 200
+    finally:
+        gateway.usage_listeners.remove(listener)
+    assert seen == [("legal", 3, 5, "remote")]
+
+
 async def test_text_completions_proxy(live: Live) -> None:
     resp = await live.http.post(
         "/v1/completions", json={"model": "legal", "prompt": "sue them", "max_tokens": 3}
