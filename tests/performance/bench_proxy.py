@@ -103,6 +103,45 @@ def _upstream_main(port: int) -> None:
     uvloop.run(serve())
 
 
+def _floor_main(port: int, upstream: str) -> None:
+    """Reference: the same lean upstream client behind a bare ASGI app (no framework, no routing,
+    no security), so the table separates what this machine's scheduling costs from what the
+    gateway's own layers cost."""
+    import uvicorn
+
+    from forge_gateway.upstream_http import HttpPool
+
+    pool = HttpPool()
+    url = f"{upstream}/v1/chat/completions"
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] == "lifespan":
+            while (await receive())["type"] != "lifespan.shutdown":
+                await send({"type": "lifespan.startup.complete"})
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        stream = b'"stream":true' in body
+        status, _, data, chunks = await pool.post(
+            url, body, b"content-type: application/json\r\n", timeout=30, stream=stream
+        )
+        kind = b"text/event-stream" if stream else b"application/json"
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", kind)]})
+        if chunks is None:
+            await send({"type": "http.response.body", "body": data})
+            return
+        async for chunk in chunks:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -151,6 +190,9 @@ def main() -> None:
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     parser.add_argument("--gateway-core", type=int, default=0, help="CPU the gateway is pinned to")
     parser.add_argument("--load-core", type=int, default=1, help="CPU for wrk and the mock upstream")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per cell; the best is kept (shared machines)"
+    )
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -163,26 +205,29 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-proxy-"))
     model = build_tiny_model(workdir / "tiny")
-    up_port, gw_port = _free_port(), _free_port()
+    up_port, gw_port, floor_port = _free_port(), _free_port(), _free_port()
     upstream_url = f"http://127.0.0.1:{up_port}"
     registry = ExpertRegistry(workdir / "experts.json")
     registry.register(ExpertModel(name="remote", endpoint=f"{upstream_url}/v1", timeout=30, max_retries=0))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FORGE_LOG_LEVEL": "warning"}
     procs: list[subprocess.Popen[bytes]] = []
+    me = [sys.executable, __file__]
     try:
         up = subprocess.Popen(
-            [
-                "taskset",
-                "-c",
-                str(args.load_core),
-                sys.executable,
-                __file__,
-                "--serve-upstream",
-                str(up_port),
-            ],
-            env=env,
+            ["taskset", "-c", str(args.load_core), *me, "--serve-upstream", str(up_port)], env=env
         )
         procs.append(up)
+        floor_cmd = [
+            "taskset",
+            "-c",
+            str(args.gateway_core),
+            *me,
+            "--serve-floor",
+            str(floor_port),
+            upstream_url,
+        ]
+        floor = subprocess.Popen(floor_cmd, env=env)
+        procs.append(floor)
         gw_cmd = [
             "taskset", "-c", str(args.gateway_core), sys.executable, "-m", "forge_gateway.cli", "serve",
             "--model", str(model), "--served-model-name", "tiny", "--engine", "transformers",
@@ -192,18 +237,39 @@ def main() -> None:
         gw = subprocess.Popen(gw_cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         procs.append(gw)
         _wait_http(upstream_url, up, 30)
+        _wait_http(f"http://127.0.0.1:{floor_port}", floor, 30)
         _wait_http(f"http://127.0.0.1:{gw_port}/health", gw)
+        path = "/v1/chat/completions"
+        urls = {
+            "direct": f"{upstream_url}{path}",
+            "floor": f"http://127.0.0.1:{floor_port}{path}",
+            "gateway": f"http://127.0.0.1:{gw_port}{path}",
+        }
         rows = []
         for stream in (False, True):
             body = {**_REQUEST, "stream": True} if stream else _REQUEST
-            direct_url = f"{upstream_url}/v1/chat/completions"
-            gw_url = f"http://127.0.0.1:{gw_port}/v1/chat/completions"
-            _wrk(gw_url, body, 8, 2, args.load_core, workdir)  # warm-up: connections, caches
-            direct = _wrk(direct_url, body, 1, args.duration, args.load_core, workdir)
-            via1 = _wrk(gw_url, body, 1, args.duration, args.load_core, workdir)
-            via32 = _wrk(gw_url, body, 32, args.duration, args.load_core, workdir)
-            errors = direct["errors"] + via1["errors"] + via32["errors"]
-            rows.append(("stream" if stream else "non-stream", direct, via1, via32, errors))
+            for url in urls.values():
+                _wrk(url, body, 8, 1, args.load_core, workdir)  # warm-up: connections, caches
+            best: dict[tuple[str, int], dict] = {}
+            for _ in range(args.repeat):
+                # Interleaved, so a burst of load from elsewhere hits every column alike.
+                for name, conns in (
+                    ("direct", 1),
+                    ("floor", 1),
+                    ("gateway", 1),
+                    ("floor", 32),
+                    ("gateway", 32),
+                ):
+                    result = _wrk(urls[name], body, conns, args.duration, args.load_core, workdir)
+                    key = (name, conns)
+                    if key not in best:
+                        best[key] = result
+                    else:
+                        best[key]["p50_us"] = min(best[key]["p50_us"], result["p50_us"])
+                        best[key]["p99_us"] = min(best[key]["p99_us"], result["p99_us"])
+                        best[key]["rps"] = max(best[key]["rps"], result["rps"])
+                        best[key]["errors"] += result["errors"]
+            rows.append(("stream" if stream else "non-stream", best))
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -212,23 +278,35 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\nremote-expert proxy, gateway pinned to CPU {args.gateway_core}, wrk {args.duration} s per cell")
+    load = os.getloadavg()
     print(
-        f"{'mode':<12}{'direct p50':>12}{'gw p50 c1':>12}{'added p50':>12}{'gw p99 c1':>12}"
-        f"{'gw rps c1':>11}{'gw rps c32':>12}{'gw p50 c32':>12}{'errors':>8}"
+        f"\nremote-expert proxy: gateway pinned to CPU {args.gateway_core}, wrk + upstream on CPU "
+        f"{args.load_core}; best of {args.repeat} x {args.duration} s per cell; load average {load[0]:.1f}"
     )
-    for mode, direct, via1, via32, errors in rows:
-        added = (via1["p50_us"] - direct["p50_us"]) / 1e3
+    print(
+        f"{'mode':<11}{'direct':>9}{'floor':>9}{'gateway':>9}{'added':>9}{'gw-floor':>10}"
+        f"{'gw rps c1':>11}{'gw rps c32':>12}{'floor c32':>11}{'gw p99 c1':>11}{'errors':>8}"
+    )
+    print(f"{'':<11}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>10}")
+    for mode, best in rows:
+        direct, floor1, gw1 = best[("direct", 1)], best[("floor", 1)], best[("gateway", 1)]
+        floor32, gw32 = best[("floor", 32)], best[("gateway", 32)]
+        errors = sum(r["errors"] for r in best.values())
         print(
-            f"{mode:<12}{direct['p50_us'] / 1e3:>10.3f}ms{via1['p50_us'] / 1e3:>10.3f}ms{added:>10.3f}ms"
-            f"{via1['p99_us'] / 1e3:>10.3f}ms{via1['rps']:>11.0f}{via32['rps']:>12.0f}"
-            f"{via32['p50_us'] / 1e3:>10.3f}ms{errors:>8}"
+            f"{mode:<11}{direct['p50_us'] / 1e3:>9.3f}{floor1['p50_us'] / 1e3:>9.3f}{gw1['p50_us'] / 1e3:>9.3f}"
+            f"{(gw1['p50_us'] - direct['p50_us']) / 1e3:>9.3f}{(gw1['p50_us'] - floor1['p50_us']) / 1e3:>10.3f}"
+            f"{gw1['rps']:>11.0f}{gw32['rps']:>12.0f}{floor32['rps']:>11.0f}{gw1['p99_us'] / 1e3:>11.3f}{errors:>8}"
         )
-    print("targets: added p50 <= 1 ms at c=1; >= 1,000 req/s per core (LiteLLM: ~11/17 ms, ~100 rps/core)")
+    print(
+        "added = gateway - direct upstream; gw-floor = gateway - bare ASGI proxy on the same client.\n"
+        "targets: added p50 <= 1 ms at c=1; >= 1,000 req/s per core (LiteLLM: ~11/17 ms, ~100 rps/core)"
+    )
 
 
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--serve-upstream":
         _upstream_main(int(sys.argv[2]))
+    elif len(sys.argv) == 4 and sys.argv[1] == "--serve-floor":
+        _floor_main(int(sys.argv[2]), sys.argv[3])
     else:
         main()
