@@ -81,6 +81,24 @@ def test_checkpoint_is_compressed_tensors(quantized, method, group_size, symmetr
     assert os.path.isfile(os.path.join(quantized[method], "tokenizer.json"))
 
 
+def _hf_greedy(model_dir: str, prompts: list[str], n: int) -> list[list[int]]:
+    """Greedy tokens from transformers' own compressed-tensors path (independent of vLLM's kernels)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    out = []
+    for prompt in prompts:
+        ids = tok(prompt, return_tensors="pt").input_ids
+        with torch.no_grad():
+            gen = model.generate(
+                ids, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=tok.pad_token_id
+            )
+        out.append(gen[0, ids.shape[1] :].tolist())
+    return out
+
+
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_vllm_loads_and_generates(quantized, monkeypatch):
@@ -89,14 +107,20 @@ def test_vllm_loads_and_generates(quantized, monkeypatch):
         monkeypatch.setenv(key, value)
     from vllm import LLM, SamplingParams
 
+    prompts = ["The quick brown fox", "def add(a, b):", "What is the capital of France?"]
     for method in ("gptq", "awq"):
         llm = LLM(model=quantized[method], enforce_eager=True, max_model_len=256, seed=0)
         params = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
-        first = llm.generate(["The quick brown fox"], params)[0].outputs[0]
-        again = llm.generate(["The quick brown fox"], params)[0].outputs[0]
-        assert len(first.token_ids) == 8
-        assert first.token_ids == again.token_ids
+        first = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
+        again = [list(o.outputs[0].token_ids) for o in llm.generate(prompts, params, use_tqdm=False)]
         del llm
+        assert all(len(t) == 8 for t in first)
+        assert first == again
+        # vLLM decodes the packed int4 weights as transformers does: the first tokens agree (float
+        # noise between kernels may flip a late near-tie, so only a prefix is compared).
+        reference = _hf_greedy(quantized[method], prompts, 8)
+        agree = sum(f[:4] == r[:4] for f, r in zip(first, reference, strict=True))
+        assert agree >= 2, (method, first, reference)
 
 
 def test_bad_inputs_fail_clearly(tiny, tmp_path):
