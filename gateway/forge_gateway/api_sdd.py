@@ -167,9 +167,9 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
             target,
             estimate_remote_tokens(len(await request.body()), req.max_tokens, 1, gateway.config.limits),
         )
-        answer, target = await _generate_remote(gateway, target, req, chat)
-        if answer is not None:
-            return answer
+        remote, target = await _generate_remote(gateway, target, req, chat)
+        if remote is not None:
+            return remote
     engine, target = await gateway.acquire(target)
     plan = await plan_generation(
         engine,

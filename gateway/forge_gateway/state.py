@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import pluggy
@@ -109,13 +109,13 @@ class Gateway:
                     if name not in new or spec != self.catalog.lora_for(new[name]):
                         self._background(self._unload(spec))
 
-    def _background(self, coro: Awaitable[None]) -> None:
+    def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # changed outside the event loop (start-up): nothing is loaded yet
-            coro.close()  # type: ignore[attr-defined]
+            coro.close()
             return
-        task = loop.create_task(coro)  # type: ignore[arg-type]
+        task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
