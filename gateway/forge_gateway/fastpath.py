@@ -119,7 +119,13 @@ class RemoteFastPath:
         assert expert is not None
         max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
         await admit(target, estimate_remote_tokens(len(body), max_tokens, request.n, gateway.config.limits))
-        upstream_body = _encode(msgspec.structs.replace(request, model=expert.upstream_model or expert.name))
+        upstream_model = expert.upstream_model or expert.name
+        # The client's own bytes go upstream untouched unless the model name must change.
+        upstream_body = (
+            body
+            if request.model == upstream_model
+            else _encode(msgspec.structs.replace(request, model=upstream_model))
+        )
         try:
             reply = await gateway.upstreams.call(target, upstream_body, path, stream=request.stream)
         except (UpstreamError, ExpertUnavailableError) as exc:

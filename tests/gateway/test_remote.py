@@ -45,6 +45,7 @@ class MockUpstream:
         self.server: asyncio.Server | None = None
         self.writers: set[asyncio.StreamWriter] = set()
         self.connections = 0
+        self.dropped: list[str] = []
         self.port = 0
 
     async def start(self) -> None:
@@ -137,7 +138,7 @@ class MockUpstream:
         writer.write(
             b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
         )
-        words = text.split(" ")
+        words = text.split(" ") * (40 if mode == "drip" else 1)
         for i, word in enumerate(words):
             delta = {"role": "assistant", "content": word} if i == 0 else {"content": " " + word}
             chunk = {
@@ -148,7 +149,13 @@ class MockUpstream:
                 "choices": [{"index": 0, "delta": delta, "finish_reason": None}],
             }
             _chunk(writer, b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await writer.drain()
+            try:
+                await writer.drain()
+            except ConnectionError:
+                self.dropped.append(mode)  # the gateway hung up on us
+                return False
+            if mode == "drip":
+                await asyncio.sleep(0.05)
             if mode == "cut":
                 writer.transport.abort()  # the upstream dies mid-stream
                 return False
@@ -222,6 +229,7 @@ async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     reg.register(ExpertModel(name="reject", endpoint=upstream.url("reject"), **remote))
     reg.register(ExpertModel(name="cut", endpoint=upstream.url("cut"), **remote))
     reg.register(ExpertModel(name="idleclose", endpoint=upstream.url("idleclose"), **remote))
+    reg.register(ExpertModel(name="drip", endpoint=upstream.url("drip"), **remote))
     reg.register(ExpertModel(name="down", endpoint=f"http://127.0.0.1:{_closed_port()}/v1", **remote))
     config = load_config(
         overrides={
@@ -323,6 +331,7 @@ async def test_retries_503_with_exponential_backoff(live: Live) -> None:
     assert resp.status_code == 200 and resp.headers["x-forge-expert"] == "flaky"
     attempts = live.upstream.seen("flaky")[before:]
     assert len(attempts) == 3
+    assert all(a["body"] == _chat("flaky") for a in attempts)  # the client's body as sent, no defaults added
     gaps = [b["t"] - a["t"] for a, b in itertools.pairwise(attempts)]
     # base 0.05 s, doubling: ~0.05 then ~0.10 (plus up to 10% jitter).
     assert 0.045 <= gaps[0] < 0.09 and 0.095 <= gaps[1] < 0.2, gaps
@@ -429,3 +438,17 @@ async def test_connections_are_kept_alive_and_stale_ones_replaced(live: Live) ->
         "status"
     ]
     assert status["failures"] == 0
+
+
+async def test_client_leaving_a_stream_closes_the_upstream_stream(live: Live) -> None:
+    async with live.http.stream("POST", "/v1/chat/completions", json=_chat("drip", stream=True)) as resp:
+        assert resp.headers["x-forge-expert"] == "drip"
+        async for line in resp.aiter_lines():
+            if line.startswith("data: "):
+                break  # one event, then the client goes away
+    for _ in range(60):
+        if "drip" in live.upstream.dropped:
+            break
+        await asyncio.sleep(0.05)
+    assert live.upstream.dropped == ["drip"]  # the upstream saw the gateway hang up
+    assert len(live.upstream.seen("drip")) == 1
