@@ -230,6 +230,7 @@ async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     reg.register(ExpertModel(name="cut", endpoint=upstream.url("cut"), **remote))
     reg.register(ExpertModel(name="idleclose", endpoint=upstream.url("idleclose"), **remote))
     reg.register(ExpertModel(name="drip", endpoint=upstream.url("drip"), **remote))
+    reg.register(ExpertModel(name="slowretry", endpoint=upstream.url("slow"), timeout=0.3, max_retries=1))
     reg.register(ExpertModel(name="down", endpoint=f"http://127.0.0.1:{_closed_port()}/v1", **remote))
     config = load_config(
         overrides={
@@ -452,3 +453,40 @@ async def test_client_leaving_a_stream_closes_the_upstream_stream(live: Live) ->
         await asyncio.sleep(0.05)
     assert live.upstream.dropped == ["drip"]  # the upstream saw the gateway hang up
     assert len(live.upstream.seen("drip")) == 1
+
+
+async def test_timeouts_are_retried_before_falling_back(live: Live) -> None:
+    before = len(live.upstream.seen("slow"))
+    start = time.monotonic()
+    resp = await live.http.post("/v1/chat/completions", json=_chat("slowretry", max_tokens=1))
+    elapsed = time.monotonic() - start
+    assert resp.headers["x-forge-route-reason"] == "fallback:slowretry-timeout"
+    assert len(live.upstream.seen("slow")) == before + 2  # first attempt + one retry
+    assert 0.6 <= elapsed < 2.5
+
+
+async def test_cooldown_ends_and_a_success_closes_the_circuit(live: Live) -> None:
+    from forge_gateway.routing import Target
+    from forge_gateway.upstream import UpstreamPool
+    from forge_sdk.errors import ExpertUnavailableError, UpstreamError
+
+    pool = UpstreamPool(failure_threshold=1, cooldown_s=0.3, retry_base_delay=0.01)
+    await pool.start()
+    expert = ExpertModel(name="flaky", endpoint=live.upstream.url("flaky"), max_retries=0)
+    target = Target("flaky", expert, "requested")
+    body = json.dumps(_chat("flaky")).encode()
+    try:
+        live.upstream.fail_next["flaky"] = 1
+        with pytest.raises(UpstreamError):
+            await pool.call(target, body, "chat/completions", stream=False)
+        assert pool.status("flaky")["state"] == "cooldown"
+        with pytest.raises(ExpertUnavailableError):  # skipped without contacting the upstream
+            await pool.call(target, body, "chat/completions", stream=False)
+        await asyncio.sleep(0.35)
+        reply = await pool.call(target, body, "chat/completions", stream=False)
+        assert reply.status == 200 and json.loads(reply.body)["choices"][0]["message"]["content"]
+        status = pool.status("flaky")
+        assert status["state"] == "ok" and status["consecutive_failures"] == 0
+        assert status["failures"] == 1 and status["requests"] == 3
+    finally:
+        await pool.stop()
