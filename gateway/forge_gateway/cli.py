@@ -93,7 +93,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, overrides=_overrides(args))
     configure_logging(config.log_level, json=config.log_json)
-    _check_open_listen(config)
+    from forge_gateway.security import preflight
+
+    preflight(config)  # no keys on a public host, unreachable Redis: one line, exit 2
     app = create_app(config)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -115,16 +117,6 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     return 0
-
-
-def _check_open_listen(config: Any) -> None:
-    from forge_gateway.security import KeyStore, check_open_listen
-
-    store = KeyStore(config.auth.db_path, create=False)
-    try:
-        check_open_listen(config, store)
-    finally:
-        store.close()
 
 
 def _keys(args: argparse.Namespace) -> int:

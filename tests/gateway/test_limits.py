@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import structlog.testing
 
 from forge_gateway.app import create_app
 from forge_gateway.config import load_config
@@ -203,12 +204,18 @@ async def test_tpm_refund_on_failed_request(tiny_model_dir: Path, tmp_path: Path
 
 async def test_open_mode_on_loopback_without_keys(tiny_model_dir: Path, tmp_path: Path) -> None:
     db = tmp_path / "missing.db"
-    async with gateway_client(tiny_model_dir, db) as client:
-        assert (await client.get("/v1/models")).status_code == 200
-        assert (await client.post("/v1/chat/completions", json=chat())).status_code == 200
-        assert (await client.get("/admin/keys")).status_code == 200  # loopback dev mode
-        assert (await client.get("/metrics")).status_code == 200
+    with structlog.testing.capture_logs() as logs:
+        async with gateway_client(tiny_model_dir, db) as client:
+            await _open_mode_requests(client)
+    assert any(e["event"] == "auth_open" and e["log_level"] == "warning" for e in logs), logs
     assert not db.exists()  # the gateway never creates the key store by itself
+
+
+async def _open_mode_requests(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v1/models")).status_code == 200
+    assert (await client.post("/v1/chat/completions", json=chat())).status_code == 200
+    assert (await client.get("/admin/keys")).status_code == 200  # loopback dev mode
+    assert (await client.get("/metrics")).status_code == 200
 
 
 async def test_allow_open_on_public_host_keeps_admin_closed(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -90,44 +92,35 @@ def test_headers_shape(memory: tuple[MemoryBackend, FakeClock]) -> None:
 # --- Redis ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port (no persistence)."""
+def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """A throwaway redis-server on a free loopback port (no persistence); waits until it answers."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server not installed (apt-get install -y redis-server)")
+    import redis
+
     port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
+    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        [*args, "--dir", str(workdir)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 10
-        import redis
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis.from_url(url).ping()
+            return proc, url
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("redis-server did not start") from None
+            time.sleep(0.05)
 
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    proc, url = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
         yield url
     finally:
         proc.terminate()
@@ -195,3 +188,54 @@ def test_two_gateway_replicas_share_one_rpm_limit(
     finally:
         for g in gateways:
             g.stop()
+
+
+@pytest.mark.redis
+async def test_redis_down_fails_closed(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """Redis unreachable at start: the app refuses to start; lost later: 503, never unlimited."""
+    from forge_gateway.app import create_app
+    from forge_gateway.config import load_config
+    from forge_sdk.errors import ConfigurationError
+    from tests.gateway.test_limits import chat, gateway_client
+
+    db = tmp_path / "k.db"
+    key, _ = KeyStore(db).create("r", rpm=100)
+    headers = {"Authorization": f"Bearer {key}"}
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    base = {"model": str(tiny_model_dir), "auth": {"db_path": str(db)}, "engine": {"kind": "transformers"}}
+    app = create_app(
+        load_config(overrides={**base, "rate_limit": {"backend": "redis", "redis_url": dead}}, environ={})
+    )
+    with pytest.raises(BaseException) as info:
+        async with app.lifespan():
+            pass
+    # Raised inside the lifespan's task group, so it may come wrapped in an exception group.
+    assert "unreachable" in repr(info.value) or info.group_contains(ConfigurationError, match="unreachable")
+    proc, url = start_redis(tmp_path)
+    try:
+        async with gateway_client(
+            tiny_model_dir, db, rate_limit={"backend": "redis", "redis_url": url}
+        ) as client:
+            assert (
+                await client.post("/v1/chat/completions", json=chat(), headers=headers)
+            ).status_code == 200
+            proc.terminate()
+            proc.wait(10)
+            resp = await client.get("/v1/models", headers=headers)
+            assert resp.status_code == 503 and resp.json()["error"]["code"] == "rate_limiter_unavailable"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_serve_with_unreachable_redis_is_one_line_error(tiny_model_dir: Path) -> None:
+    env = {
+        **os.environ,
+        "FORGE_RATE_LIMIT_BACKEND": "redis",
+        "FORGE_RATE_LIMIT_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
+    cmd = [sys.executable, "-m", "forge_gateway.cli", "serve", "--model", str(tiny_model_dir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and err.startswith("forge-gateway: error: rate_limit.backend is redis")
+    assert "\n" not in err

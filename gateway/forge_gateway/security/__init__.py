@@ -10,6 +10,7 @@ from forge_gateway.security.layer import (
     check_open_listen,
     estimate_remote_tokens,
     install_security,
+    preflight,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "check_open_listen",
     "estimate_remote_tokens",
     "install_security",
+    "preflight",
 ]

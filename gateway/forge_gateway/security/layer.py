@@ -17,8 +17,8 @@ from forge_gateway.security.context import RequestContext, current_request
 from forge_gateway.security.keys import KeyStore
 from forge_gateway.security.ledger import UsageLedger
 from forge_gateway.security.metrics import GatewayMetrics
-from forge_gateway.security.ratelimit import MemoryBackend, RateLimitBackend, RedisBackend
-from forge_sdk.errors import ConfigurationError, PermissionDeniedError, RateLimitError
+from forge_gateway.security.ratelimit import Decision, MemoryBackend, RateLimitBackend, RedisBackend
+from forge_sdk.errors import ConfigurationError, OverloadedError, PermissionDeniedError, RateLimitError
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -27,7 +27,14 @@ if TYPE_CHECKING:
     from forge_gateway.routing import Target
     from forge_gateway.state import Gateway
 
-__all__ = ["SecurityLayer", "admit", "check_open_listen", "estimate_remote_tokens", "install_security"]
+__all__ = [
+    "SecurityLayer",
+    "admit",
+    "check_open_listen",
+    "estimate_remote_tokens",
+    "install_security",
+    "preflight",
+]
 
 log = structlog.get_logger("forge_gateway.security")
 
@@ -45,6 +52,28 @@ def check_open_listen(config: GatewayConfig, store: KeyStore) -> None:
             f"no API keys in {config.auth.db_path} and host {config.host} is not loopback: create one with "
             "`forge-gateway keys create --name NAME`, or pass --allow-open to serve without authentication"
         )
+
+
+def preflight(config: GatewayConfig) -> None:
+    """Checks ``forge-gateway serve`` runs before loading the model, for one-line errors.
+
+    Raises:
+        ConfigurationError: open public listener without keys, or Redis unreachable.
+    """
+    store = KeyStore(config.auth.db_path, create=False)
+    try:
+        check_open_listen(config, store)
+    finally:
+        store.close()
+    if config.rate_limit.backend == "redis":
+        import redis
+
+        try:
+            redis.Redis.from_url(config.rate_limit.redis_url, socket_connect_timeout=3).ping()
+        except (redis.RedisError, ValueError) as exc:
+            raise ConfigurationError(
+                f"rate_limit.backend is redis but {config.rate_limit.redis_url} is unreachable: {exc}"
+            ) from exc
 
 
 class SecurityLayer:
@@ -137,7 +166,7 @@ class SecurityLayer:
         tpm = key.tpm or self.config.rate_limit.default_tpm
         if not tpm:
             return
-        decision = await self.backend.acquire("t:" + key.id, tpm, estimated_tokens)
+        decision = await self.acquire("t:" + key.id, tpm, estimated_tokens)
         ctx.tokens_decision = decision
         if not decision.allowed:
             self.metrics.rate_limited.labels("tokens").inc()
@@ -160,6 +189,22 @@ class SecurityLayer:
                 },
             )
         ctx.reserved_tokens += estimated_tokens
+
+    async def acquire(self, bucket: str, limit: int, cost: int) -> Decision:
+        """A rate-limit check that fails closed with a clear 503 when the backend is down.
+
+        Raises:
+            OverloadedError: the backend (Redis) could not be reached.
+        """
+        try:
+            return await self.backend.acquire(bucket, limit, cost)
+        except Exception as exc:
+            log.error("rate_limiter_unavailable", error=str(exc))
+            raise OverloadedError(
+                "rate limiter unavailable; retry later",
+                code="rate_limiter_unavailable",
+                headers={"Retry-After": "1"},
+            ) from exc
 
     async def reconcile(self, ctx: RequestContext, status: int) -> None:
         """Replace the TPM reservation by the tokens actually used.

@@ -165,7 +165,7 @@ class SecurityMiddleware:
             raise PermissionDeniedError(f"{path} needs an admin API key")
         rpm = key.rpm or layer.config.rate_limit.default_rpm
         if rpm:
-            decision = await layer.backend.acquire("r:" + key.id, rpm, 1)
+            decision = await layer.acquire("r:" + key.id, rpm, 1)
             ctx.requests_decision = decision
             if not decision.allowed:
                 layer.metrics.rate_limited.labels("requests").inc()
