@@ -80,11 +80,14 @@ class KeywordClassifier(Classifier):
         """Replace the experts and recompile the keyword pattern."""
         super().update_experts(experts)
         owners: dict[str, str] = {}
-        for expert in self.experts.values():
+        # A keyword several experts claim goes to the highest priority (an installed mathexpert
+        # takes "integral" from the built-in math), then to the one registered first.
+        ranked = sorted(self.experts.values(), key=lambda e: -getattr(e, "priority", 0))
+        for expert in ranked:
             for keyword in expert.keywords:
                 folded = " ".join(keyword.lower().split())
                 if folded:
-                    owners.setdefault(folded, expert.name)  # first expert to claim a keyword keeps it
+                    owners.setdefault(folded, expert.name)
         # Longer keywords first, so "machine learning" wins over "machine" at the same spot. One
         # alternation without groups is ~10x faster than a named group per keyword.
         ordered = sorted(owners, key=len, reverse=True)

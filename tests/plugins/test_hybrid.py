@@ -73,3 +73,12 @@ def test_ambiguous_keywords_defer_to_neural() -> None:
 def test_bad_options_are_clear_errors(options: dict) -> None:
     with pytest.raises(ConfigurationError, match="hybrid classifier"):
         HybridClassifier(DEFAULT_EXPERTS, **options)
+
+
+def test_plugin_expert_with_priority_takes_over_its_specialization() -> None:
+    plugin = ExpertModel(name="mathexpert", specialization="math", priority=10, keywords=["integral"])
+    result = HybridClassifier([*DEFAULT_EXPERTS, plugin]).classify_with_confidence(
+        "What is the integral of x^2 from 0 to 3?"
+    )
+    assert result.expert == "mathexpert"
+    assert result.reason.startswith("keyword+neural:integral")

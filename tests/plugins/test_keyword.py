@@ -54,6 +54,13 @@ def test_multi_word_and_symbol_keywords() -> None:
     assert clf.classify("buy a washing machine") == "shop"
 
 
+def test_shared_keyword_goes_to_the_highest_priority() -> None:
+    plugin = ExpertModel(name="mathexpert", specialization="math", priority=10, keywords=["integral"])
+    clf = KeywordClassifier([*DEFAULT_EXPERTS, plugin])
+    assert clf.classify("what is the integral of x^2") == "mathexpert"
+    assert clf.classify("solve this equation") == "math"  # keywords only math claims stay with it
+
+
 def test_update_experts_recompiles(clf: KeywordClassifier) -> None:
     local = KeywordClassifier(DEFAULT_EXPERTS)
     assert local.classify("tell me about cooking pasta") == "general"
