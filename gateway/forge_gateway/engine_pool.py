@@ -46,7 +46,7 @@ EngineFactory = Callable[[ExpertModel], Engine]
 STANDALONE_KINDS = ("vllm", "transformers")
 """Base engine kinds whose gateway can start engines for standalone experts."""
 
-State = Literal["idle", "starting", "running", "failed"]
+State = Literal["idle", "starting", "running", "failed", "stopping"]
 
 # Quantization methods that need a checkpoint quantized offline; the others (fp8, bitsandbytes)
 # vLLM can apply on the fly to an unquantized checkpoint.
@@ -152,6 +152,7 @@ class EnginePool:
         self.retry_after = retry_after
         self._slots: dict[str, _Slot] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self._stopping: list[_Slot] = []  # retired slots whose engines are still shutting down
 
     # --- catalog changes -------------------------------------------------------------------
 
@@ -184,12 +185,19 @@ class EnginePool:
             task.add_done_callback(self._retiring.discard)
 
     async def _retire(self, slot: _Slot) -> None:
+        self._stopping.append(slot)
+        try:
+            await self._stop_slot(slot)
+        finally:
+            self._stopping.remove(slot)
+
+    async def _stop_slot(self, slot: _Slot) -> None:
         if slot.task is not None and not slot.task.done():
             # Stopping half-way through a load is unsafe: let it finish, then stop it.
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.shield(slot.task)
-        engine, slot.engine = slot.engine, None
-        slot.state = "idle"
+        engine = slot.engine
+        slot.state = "stopping"
         if engine is not None:
             try:
                 await engine.stop()
@@ -197,6 +205,7 @@ class EnginePool:
                 log.warning("standalone_stop_failed", expert=slot.expert.name, error=str(exc))
             else:
                 log.info("standalone_engine_stopped", expert=slot.expert.name)
+        slot.engine, slot.state = None, "idle"
 
     # --- serving ---------------------------------------------------------------------------
 
@@ -280,8 +289,9 @@ class EnginePool:
     def status(self, name: str) -> dict[str, Any]:
         """``{"state": idle|starting|running|failed, ...}`` of expert ``name``'s engine."""
         slot = self._slots.get(name)
-        if slot is None:
-            return {"state": "idle"}
+        return {"state": "idle"} if slot is None else self._slot_status(slot)
+
+    def _slot_status(self, slot: _Slot) -> dict[str, Any]:
         out: dict[str, Any] = {"state": slot.state}
         if slot.engine is not None:
             stats = slot.engine.stats()
@@ -291,10 +301,15 @@ class EnginePool:
         return out
 
     async def health(self) -> dict[str, dict[str, Any]]:
-        """Each standalone expert's engine: its state, and the engine's own health once running."""
+        """Each standalone expert's engine: its state, and the engine's own health once running.
+
+        Engines of experts that left stay listed as ``stopping`` until they are down.
+        """
         out: dict[str, dict[str, Any]] = {}
+        for slot in list(self._stopping):
+            out[slot.expert.name] = {"state": "stopping", "ok": True}
         for name, slot in list(self._slots.items()):
-            entry = self.status(name)
+            entry = self._slot_status(slot)
             if slot.engine is not None and slot.state == "running":
                 entry.update(await slot.engine.health())
                 entry["state"] = "running" if entry.get("ok") else "failed"
