@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -104,7 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
             port=config.port,
             log_level=config.log_level,
             access_log=False,
-            timeout_graceful_shutdown=config.limits.shutdown_grace,
+            timeout_graceful_shutdown=math.ceil(config.limits.shutdown_grace),
             lifespan="on",
             log_config=None,
         )
