@@ -195,11 +195,13 @@ def _closed_port() -> int:
 
 
 class Live:
-    def __init__(self, base_url: str, upstream: MockUpstream, app: Any) -> None:
+    def __init__(self, base_url: str, upstream: MockUpstream, app: Any, keys: dict[str, str]) -> None:
         self.base_url = base_url
         self.upstream = upstream
         self.app = app
-        self.http = httpx.AsyncClient(base_url=base_url, timeout=30)
+        self.keys = keys
+        auth = {"authorization": f"Bearer {keys['all']}"}
+        self.http = httpx.AsyncClient(base_url=base_url, timeout=30, headers=auth)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -232,11 +234,22 @@ async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     reg.register(ExpertModel(name="drip", endpoint=upstream.url("drip"), **remote))
     reg.register(ExpertModel(name="slowretry", endpoint=upstream.url("slow"), timeout=0.3, max_retries=1))
     reg.register(ExpertModel(name="down", endpoint=f"http://127.0.0.1:{_closed_port()}/v1", **remote))
+    # Real API keys, so the tests also show that proxied requests pass the security layer.
+    from forge_gateway.security import KeyStore
+
+    store = KeyStore(registry.parent / "keys.db")
+    keys = {
+        "all": store.create("tests")[0],
+        "legal_only": store.create("legal-only", models=["legal"])[0],
+        "small_tpm": store.create("small", tpm=20)[0],
+    }
+    store.close()
     config = load_config(
         overrides={
             "model": str(tiny_model_dir),
             "served_model_name": "tiny",
             "registry": str(registry),
+            "auth": {"db_path": str(registry.parent / "keys.db")},
             "engine": {"kind": "transformers", "max_model_len": 256},
             "router": {
                 "classifier": "keyword",
@@ -259,7 +272,7 @@ async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
             task.result()
         await asyncio.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
-    live = Live(f"http://127.0.0.1:{port}", upstream, app)
+    live = Live(f"http://127.0.0.1:{port}", upstream, app, keys)
     yield live
     await live.http.aclose()
     server.should_exit = True
@@ -305,7 +318,7 @@ async def test_text_completions_proxy(live: Live) -> None:
 
 
 async def test_streaming_proxy_with_official_client(live: Live) -> None:
-    client = openai.AsyncOpenAI(base_url=f"{live.base_url}/v1", api_key="unused", max_retries=0)
+    client = openai.AsyncOpenAI(base_url=f"{live.base_url}/v1", api_key=live.keys["all"], max_retries=0)
     raw = await client.chat.completions.with_raw_response.create(
         **_chat("legal", "draft a contract"), stream=True
     )
@@ -490,3 +503,21 @@ async def test_cooldown_ends_and_a_success_closes_the_circuit(live: Live) -> Non
         assert status["failures"] == 1 and status["requests"] == 3
     finally:
         await pool.stop()
+
+
+async def test_proxied_requests_pass_key_checks_and_token_limits(live: Live) -> None:
+    async with httpx.AsyncClient(base_url=live.base_url) as no_key:
+        anonymous = await no_key.post("/v1/chat/completions", json=_chat("legal"))
+    assert anonymous.status_code == 401
+    before = len(live.upstream.requests)
+
+    def as_key(name: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {live.keys[name]}"}
+
+    allowed = await live.http.post("/v1/chat/completions", json=_chat("legal"), headers=as_key("legal_only"))
+    assert allowed.status_code == 200 and allowed.headers["x-forge-expert"] == "legal"
+    denied = await live.http.post("/v1/chat/completions", json=_chat("flaky"), headers=as_key("legal_only"))
+    assert denied.status_code == 403 and denied.json()["error"]["code"] == "permission_denied"
+    too_big = await live.http.post("/v1/chat/completions", json=_chat("legal"), headers=as_key("small_tpm"))
+    assert too_big.status_code == 429 and too_big.json()["error"]["type"] == "rate_limit_error"
+    assert len(live.upstream.requests) == before + 1  # refused requests never reached an upstream
