@@ -32,9 +32,9 @@ _SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("fence", re.compile(r"```")),
     ("semicolon_eol", re.compile(r";[ \t]*(?:\n|$)")),
     ("brace_eol", re.compile(r"[{}][ \t]*(?:\n|$)")),
-    ("call", re.compile(r"[A-Za-z_][A-Za-z0-9_]*\([^()\n]{0,40}\)")),
-    ("dotted", re.compile(r"[A-Za-z_]+\.[A-Za-z_]+\(")),
-    ("assign", re.compile(r"[A-Za-z_][A-Za-z0-9_]*\s*(?:=|\+=|-=|==|!=|<=|>=|=>|->)\s*\S")),
+    ("call", re.compile(r"\b[A-Za-z_]\w*\([^()\n]{0,40}\)")),
+    ("dotted", re.compile(r"\b[A-Za-z_]+\.[A-Za-z_]+\(")),
+    ("assign", re.compile(r"\b[A-Za-z_]\w*\s*(?:=|\+=|-=|==|!=|<=|>=|=>|->)\s*\S")),
     ("snake_camel", re.compile(r"\b[a-z]+_[a-z_]+\b|\b[a-z]+[A-Z][a-z]+[A-Za-z]*\b")),
     (
         "keyword_def",
@@ -44,7 +44,7 @@ _SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ),
     ("latex", re.compile(r"\\[a-zA-Z]+|\$[^$\n]{1,80}\$")),
     ("arith", re.compile(r"\d\s*[-+*/^\u00d7\u00f7=<>]\s*\(?\s*[\dA-Za-z]")),
-    ("power", re.compile(r"[A-Za-z0-9]\^\d|\b[a-z]\s*\^|\b[a-z]²|\d²")),
+    ("power", re.compile(r"\w\s?\^|[\u00b2\u00b3]")),
     ("money_pct", re.compile(r"\$\s?\d|\d\s?%")),
     ("variable_eq", re.compile(r"\b[a-z]\s*[=<>]\s*[-\d(a-z]")),
     ("question", re.compile(r"\?\s*$")),
@@ -75,11 +75,25 @@ def extract(text: str) -> Counter[str]:
     words = _WORD.findall(lower)
     feats.update("w:" + w for w in words)
     feats.update("b:" + a + " " + b for a, b in itertools.pairwise(words))
-    # Char n-grams once per distinct word: long pasted inputs repeat words a lot.
-    for word, count in Counter(_SPACE.sub(" ", lower).split()).items():
-        padded = f" {word} "
-        n = len(padded)
-        for size in (3, 4, 5):
-            for i in range(n - size + 1):
-                feats["c:" + padded[i : i + size]] += count
+    # Char n-grams per word, memoised across calls because queries share most of their words.
+    grams: list[str] = []
+    for word in _SPACE.sub(" ", lower).split():
+        cached = _GRAMS.get(word)
+        if cached is None:
+            cached = _char_ngrams(word)
+            if len(_GRAMS) >= _GRAMS_MAX:
+                _GRAMS.clear()
+            _GRAMS[word] = cached
+        grams.extend(cached)
+    feats.update(grams)  # Counter.update on a list counts in C
     return feats
+
+
+_GRAMS: dict[str, tuple[str, ...]] = {}
+_GRAMS_MAX = 100_000
+
+
+def _char_ngrams(word: str) -> tuple[str, ...]:
+    padded = f" {word} "
+    n = len(padded)
+    return tuple("c:" + padded[i : i + size] for size in (3, 4, 5) for i in range(n - size + 1))

@@ -9,7 +9,6 @@ neither sklearn nor a model hub. Training (sklearn, imported lazily) lives in
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,27 +55,31 @@ class RouterModel:
         self.intercept = intercept
         self.meta = dict(meta or {})
 
-    def vectorize(self, text: str) -> tuple[list[int], list[float]]:
-        """Sparse tf-idf vector of ``text`` (indices, L2-normalised values)."""
+    def vectorize(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        """Sparse tf-idf vector of ``text``: column indices and L2-normalised values."""
+        import numpy as np
+
         idx: list[int] = []
-        val: list[float] = []
-        idf = self.idf
+        counts: list[int] = []
+        vocab = self.vocab
         for key, count in extract(text).items():
-            j = self.vocab.get(key)
+            j = vocab.get(key)
             if j is not None:
                 idx.append(j)
-                val.append((1.0 + math.log(count)) * float(idf[j]))
-        norm = math.sqrt(sum(v * v for v in val)) or 1.0
-        return idx, [v / norm for v in val]
+                counts.append(count)
+        cols = np.asarray(idx, dtype=np.int64)
+        vals = (1.0 + np.log(np.asarray(counts, dtype=np.float64))) * self.idf[cols]
+        norm = float(np.sqrt(vals @ vals)) or 1.0
+        return cols, vals / norm
 
     def predict_proba(self, text: str) -> dict[str, float]:
         """Probability of each label for ``text``."""
         import numpy as np
 
-        idx, val = self.vectorize(text)
+        cols, vals = self.vectorize(text)
         logits = self.intercept.astype(np.float64)
-        if idx:
-            logits = logits + np.asarray(val, dtype=np.float64) @ self.coef[idx]
+        if len(cols):
+            logits = logits + vals @ self.coef[cols]
         logits -= logits.max()
         probs = np.exp(logits)
         probs /= probs.sum()
