@@ -148,7 +148,13 @@ class RemoteFastPath:
             if reply.status < 400:
                 self._record(target, reply.body)
             return
-        await _relay_stream(send, receive, reply.status, _headers(target, content_type, True), reply.stream)
+        options = getattr(request, "stream_options", None)
+        on_tail = (
+            (lambda tail: self._record_stream(target, tail)) if options and options.include_usage else None
+        )
+        await _relay_stream(
+            send, receive, reply.status, _headers(target, content_type, True), reply.stream, on_tail
+        )
 
     def _record(self, target: Target, body: bytes) -> None:
         try:
@@ -157,6 +163,13 @@ class RemoteFastPath:
             return
         if usage is not None:
             self.gateway.record_usage(target, usage.prompt_tokens, usage.completion_tokens, "remote")
+
+    def _record_stream(self, target: Target, tail: bytes) -> None:
+        # With include_usage the upstream's last data event before [DONE] carries the usage.
+        for event in reversed(tail.split(b"\n\n")):
+            if event.startswith(b"data: {") and b'"usage"' in event:
+                self._record(target, event[6:])
+                return
 
 
 async def _read_body(receive: Any, limit: int) -> tuple[bytes, bool]:
@@ -212,14 +225,26 @@ def _relabel(send: Any, target: Target) -> Callable[[Any], Awaitable[None]]:
 
 
 async def _relay_stream(
-    send: Any, receive: Any, status: int, headers: list[tuple[bytes, bytes]], chunks: Any
+    send: Any,
+    receive: Any,
+    status: int,
+    headers: list[tuple[bytes, bytes]],
+    chunks: Any,
+    on_tail: Callable[[bytes], None] | None = None,
 ) -> None:
-    """Relay upstream chunks; a client that goes away closes the upstream stream too."""
+    """Relay upstream chunks; a client that goes away closes the upstream stream too.
+
+    ``on_tail`` gets the last few KB of a stream that ended normally (for usage accounting).
+    """
     await send({"type": "http.response.start", "status": status, "headers": headers})
+    tail = b""
 
     async def pump() -> None:
+        nonlocal tail
         async for chunk in chunks:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            if on_tail is not None:
+                tail = (tail + chunk)[-8192:]
 
     relay = asyncio.ensure_future(pump())
     disconnected = False
@@ -244,6 +269,8 @@ async def _relay_stream(
         watcher.cancel()
         await chunks.aclose()
     await send({"type": "http.response.body", "body": b""})
+    if on_tail is not None:
+        on_tail(tail)
 
 
 async def _send_error(send: Any, exc: LargeForgeAIError) -> None:

@@ -168,6 +168,16 @@ class MockUpstream:
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
         }
         _chunk(writer, b"data: " + json.dumps(done).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            usage = {"prompt_tokens": 3, "completion_tokens": 5, "total_tokens": 8}
+            final = {
+                "id": "up-1",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "choices": [],
+                "usage": usage,
+            }
+            _chunk(writer, b"data: " + json.dumps(final).encode() + b"\n\n")
         _chunk(writer, b"data: [DONE]\n\n")
         _chunk(writer, b"")
         await writer.drain()
@@ -304,9 +314,13 @@ async def test_remote_usage_is_recorded(live: Live) -> None:
     gateway.usage_listeners.append(listener)
     try:
         assert (await live.http.post("/v1/chat/completions", json=_chat("legal"))).status_code == 200
+        body = _chat("legal", stream=True, stream_options={"include_usage": True})
+        async with live.http.stream("POST", "/v1/chat/completions", json=body) as resp:
+            events = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
+        assert json.loads(events[-2][6:])["usage"]["total_tokens"] == 8 and events[-1] == "data: [DONE]"
     finally:
         gateway.usage_listeners.remove(listener)
-    assert seen == [("legal", 3, 5, "remote")]
+    assert seen == [("legal", 3, 5, "remote")] * 2  # non-stream, then the stream's usage chunk
 
 
 async def test_text_completions_proxy(live: Live) -> None:
