@@ -6,6 +6,7 @@ transport so concurrent requests really overlap on one event loop.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -223,3 +224,24 @@ async def test_allow_open_on_public_host_keeps_admin_closed(tiny_model_dir: Path
     async with gateway_client(tiny_model_dir, db, host="0.0.0.0", auth={"allow_open": True}) as client:
         assert (await client.get("/v1/models")).status_code == 200
         assert_error(await client.get("/admin/keys"), 403, "permission_denied")
+
+
+async def test_tpm_streaming_reconciled_to_actual_usage(tiny_model_dir: Path, tmp_path: Path) -> None:
+    db = tmp_path / "stream.db"
+    key, _ = KeyStore(db).create("streamer", tpm=600)  # refills 10 tokens/s: small against a 30+ refund
+    headers = {"Authorization": f"Bearer {key}"}
+    async with gateway_client(tiny_model_dir, db) as client:
+        body = chat(max_tokens=80, temperature=0, stream=True, stream_options={"include_usage": True})
+        resp = await client.post("/v1/chat/completions", json=body, headers=headers)
+        assert resp.status_code == 200
+        events = [line[6:] for line in resp.text.splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        usage = json.loads(events[-2])["usage"]
+        assert usage["completion_tokens"] <= 50  # greedy "hi" stops early: the premise of a refund
+        reserved = usage["prompt_tokens"] + 80
+        assert int(resp.headers["x-ratelimit-remaining-tokens"]) == 600 - reserved
+        probe = await client.post("/v1/chat/completions", json=chat(max_tokens=1), headers=headers)
+        charged_probe = probe.json()["usage"]["prompt_tokens"] + 1
+        remaining = int(probe.headers["x-ratelimit-remaining-tokens"])
+        expected = 600 - usage["total_tokens"] - charged_probe  # the stream was charged what it used
+        assert expected <= remaining <= expected + 5
