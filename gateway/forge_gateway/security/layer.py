@@ -102,11 +102,17 @@ class SecurityLayer:
         )
         limits = config.limits
         self.admission = AdmissionController(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
-        engine = gateway.engine
 
         def engine_stats() -> tuple[int, int]:
-            stats = engine.stats()
-            return stats.running, stats.waiting
+            # The base engine plus every running standalone expert engine, read at scrape time.
+            stats = [gateway.engine.stats()]
+            pool = getattr(gateway, "standalone", None)
+            if pool is not None:
+                for name, expert in list(gateway.catalog.experts.items()):
+                    engine = pool.running(name) if expert.kind == "standalone" else None
+                    if engine is not None:
+                        stats.append(engine.stats())
+            return sum(s.running for s in stats), sum(s.waiting for s in stats)
 
         self.metrics = GatewayMetrics(engine_stats, lambda: (self.admission.running, self.admission.waiting))
         self.known_paths: frozenset[str] = frozenset()

@@ -16,7 +16,7 @@ class GatewayMetrics:
     """Counters, histograms and gauges exported at ``/metrics``.
 
     Args:
-        engine_stats: returns ``(running, waiting)`` of the engine, read at scrape time.
+        engine_stats: returns ``(running, waiting)`` summed over the engines, read at scrape time.
         admission_stats: returns ``(running, waiting)`` of the gateway's admission queue.
     """
 
@@ -52,8 +52,8 @@ class GatewayMetrics:
         self.overloaded = Counter(
             "forge_overloaded", "Requests refused by admission control (503)", registry=r
         )
-        running = Gauge("forge_engine_running_requests", "Sequences the engine is generating", registry=r)
-        waiting = Gauge("forge_engine_queue_depth", "Sequences waiting in the engine's queue", registry=r)
+        running = Gauge("forge_engine_running_requests", "Sequences the engines are generating", registry=r)
+        waiting = Gauge("forge_engine_queue_depth", "Sequences waiting in the engines' queues", registry=r)
         running.set_function(lambda: engine_stats()[0])
         waiting.set_function(lambda: engine_stats()[1])
         adm_running = Gauge(
