@@ -228,7 +228,16 @@ class EnginePool:
             self.retire_soon([old] if old else [])
             slot = self._slots[expert.name] = _Slot(expert)
         if slot.state == "running" and slot.engine is not None:
-            return slot.engine
+            if (await slot.engine.health()).get("ok"):
+                return slot.engine
+            # The engine died under us: drop it (a later request restarts it after retry_after)
+            # and let this request fall back like any failed start.
+            dead = _Slot(slot.expert, slot.engine, "running")
+            slot.engine, slot.state, slot.error = None, "failed", "the engine stopped working"
+            slot.failed_at = time.monotonic()
+            log.error("standalone_engine_died", expert=expert.name)
+            self.retire_soon([dead])
+            raise EngineUnavailableError(f"standalone expert {expert.name!r} is unavailable: {slot.error}")
         if slot.state == "failed" and time.monotonic() - slot.failed_at < self.retry_after:
             raise EngineUnavailableError(f"standalone expert {expert.name!r} is unavailable: {slot.error}")
         if slot.task is None or slot.task.done():

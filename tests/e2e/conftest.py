@@ -54,7 +54,8 @@ def cli_env() -> dict[str, str]:
     }
 
 
-@pytest.fixture(scope="session")
+# Package scope: shared by this folder's modules, stopped before the rest of the suite runs.
+@pytest.fixture(scope="package")
 def vllm_gateway(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedGateway]:
     pytest.importorskip("vllm")
     root = tmp_path_factory.mktemp("e2e-gateway")

@@ -174,6 +174,12 @@ def quantized_base(
     args += ["--registry", str(registry.config_path)]
     with GatewayProcess(args, env=env, log_path=root / "gateway.log") as gw:
         yield gw
+    # Shutdown (SIGTERM) stops the standalone engine too, and exits cleanly.
+    assert gw.proc is not None and gw.proc.returncode == 0
+    assert any(
+        '"standalone_engine_stopped"' in line and '"merged-gptq"' in line
+        for line in gw.log_text().splitlines()
+    )
 
 
 def test_serve_a_quantized_checkpoint_as_the_base_model(

@@ -145,3 +145,20 @@ def test_catalog_serves_standalone_experts_only_with_an_engine_for_them(tiny_mod
     assert target.expert == merged and target.lora is None and "merged" in able.model_names()
     unable = ExpertCatalog("tiny", [merged], None, lora_enabled=False)
     assert not unable.servable(merged) and "merged" not in unable.model_names()
+
+
+@ASYNC
+async def test_an_engine_that_died_is_replaced_after_retry_after(tiny_model_dir: Path) -> None:
+    factory = CountingFactory(tiny_model_dir)
+    pool = EnginePool(factory, retry_after=3600)
+    expert = ExpertModel(name="solo", model_path=str(tiny_model_dir))
+    pool.sync({"solo": expert})
+    first = await pool.get(expert)
+    await first.stop()  # what a crashed engine looks like to the pool: health no longer ok
+    with pytest.raises(EngineUnavailableError, match="stopped working"):
+        await pool.get(expert)
+    assert pool.status("solo")["state"] == "failed"
+    pool.retry_after = 0
+    second = await pool.get(expert)
+    assert second is not first and len(factory.built) == 2 and len(await _greedy(second)) == 4
+    await pool.stop_all()
