@@ -92,8 +92,8 @@ class RemoteFastPath:
         if route is None:
             await self.app(scope, receive, send)
             return
-        body, more = await _read_body(receive, self.gateway.config.limits.max_body_bytes)
-        if more:  # too big: Litestar answers 413
+        body, too_big = await _read_body(receive, self.gateway.config.limits.max_body_bytes)
+        if too_big:  # Litestar answers 413; it reads any rest of the body itself
             await self.app(scope, _replay(body, receive, more=True), send)
             return
         try:
@@ -173,22 +173,21 @@ class RemoteFastPath:
 
 
 async def _read_body(receive: Any, limit: int) -> tuple[bytes, bool]:
-    """The request body, and whether more is left unread because it passed ``limit``."""
+    """The request body, or as much as was read when it passed ``limit`` (then True: more may follow)."""
     message = await receive()
     body = message.get("body", b"")
     if not message.get("more_body"):
-        return body, False
+        return body, len(body) > limit
     parts = [body]
     size = len(body)
-    while True:
+    while size <= limit:
         message = await receive()
         chunk = message.get("body", b"")
         parts.append(chunk)
         size += len(chunk)
         if not message.get("more_body"):
-            return b"".join(parts), False
-        if size > limit:
-            return b"".join(parts), True
+            return b"".join(parts), size > limit
+    return b"".join(parts), True
 
 
 def _replay(body: bytes, receive: Any, *, more: bool = False) -> Callable[[], Awaitable[Any]]:

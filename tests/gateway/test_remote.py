@@ -260,6 +260,7 @@ async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
             "served_model_name": "tiny",
             "registry": str(registry),
             "auth": {"db_path": str(registry.parent / "keys.db")},
+            "limits": {"max_body_bytes": 65536},
             "engine": {"kind": "transformers", "max_model_len": 256},
             "router": {
                 "classifier": "keyword",
@@ -535,3 +536,27 @@ async def test_proxied_requests_pass_key_checks_and_token_limits(live: Live) -> 
     too_big = await live.http.post("/v1/chat/completions", json=_chat("legal"), headers=as_key("small_tpm"))
     assert too_big.status_code == 429 and too_big.json()["error"]["type"] == "rate_limit_error"
     assert len(live.upstream.requests) == before + 1  # refused requests never reached an upstream
+
+
+async def test_bad_bodies_for_remote_experts_get_the_usual_errors(live: Live) -> None:
+    before = len(live.upstream.requests)
+    huge = await live.http.post("/v1/chat/completions", json=_chat("legal", "x" * 100_000))
+    assert huge.status_code == 413 and huge.json()["error"]["code"] == "payload_too_large"
+
+    async def chunked() -> AsyncIterator[bytes]:  # no content-length: the size shows only while reading
+        yield b'{"model": "legal", "messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 10_000
+        yield b'"}]}'
+
+    streamed = await live.http.post("/v1/chat/completions", content=chunked())
+    assert streamed.status_code == 413
+    typo = await live.http.post("/v1/chat/completions", json={**_chat("legal"), "max_tokenz": 3})
+    assert typo.status_code == 400 and "max_tokenz" in typo.json()["error"]["message"]
+    broken = await live.http.post(
+        "/v1/chat/completions",
+        content=b'{"model": "legal", "messages": [',
+        headers={"content-type": "application/json"},
+    )
+    assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
+    assert len(live.upstream.requests) == before  # none of them was proxied
