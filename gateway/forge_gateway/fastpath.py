@@ -104,10 +104,25 @@ class RemoteFastPath:
         if target is None or target.expert is None or target.expert.kind != "remote":
             await self.app(scope, _replay(body, receive), send)
             return
+        started = False
+
+        async def tracked(message: Any) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self._proxy(scope, receive, send, request, body, target, route[1])
+            await self._proxy(scope, receive, tracked, request, body, target, route[1])
         except LargeForgeAIError as exc:
+            if started:
+                raise
             await _send_error(send, exc)
+        except Exception:
+            if started:
+                raise
+            # Same contract as the framework's handler: logged with its traceback, generic to the client.
+            log.exception("unhandled_error", path=scope["path"])
+            await _send_error(send, LargeForgeAIError("internal server error", code="internal_error"))
 
     async def _proxy(
         self, scope: Any, receive: Any, send: Any, request: Any, body: bytes, target: Target, path: str
