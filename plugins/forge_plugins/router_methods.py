@@ -21,7 +21,7 @@ class RouterTrainMethod(TrainingMethod):
         forge-train router --data /work/shared/data/router_train.jsonl \\
             --filler /work/shared/data/pretrain_gutenberg_5mb.txt \\
             --code-chat /work/shared/data/sft_alpaca_2k.jsonl --code-chat-source codealpaca \\
-            --domain-docs 500 \\
+            --domain-docs 500 --chat-prompts /work/shared/data/dpo_hh_1k.jsonl \\
             --output plugins/forge_plugins/models/router
     """
 
@@ -49,6 +49,20 @@ class RouterTrainMethod(TrainingMethod):
             "--extra", action="append", default=[], help="more labelled JSONL added as is (repeatable)"
         )
         parser.add_argument(
+            "--chat-prompts", help="chat/preference JSONL whose opening user turns are extra examples"
+        )
+        parser.add_argument(
+            "--chat-prompts-label",
+            default="general",
+            help="label of the --chat-prompts turns (default: general)",
+        )
+        parser.add_argument(
+            "--chat-prompts-n",
+            type=int,
+            default=300,
+            help="how many --chat-prompts turns to sample (default: 300)",
+        )
+        parser.add_argument(
             "--domain-docs",
             type=int,
             default=0,
@@ -70,6 +84,7 @@ class RouterTrainMethod(TrainingMethod):
         """
         from forge_plugins.router_training import (
             evaluate,
+            load_chat_prompts,
             load_code_chat,
             load_filler,
             load_labelled,
@@ -86,6 +101,11 @@ class RouterTrainMethod(TrainingMethod):
         if args.domain_docs < 0:
             raise ConfigurationError(f"--domain-docs must be >= 0, got {args.domain_docs}")
         extra = [record for path in args.extra for record in load_labelled(path)]
+        if args.chat_prompts:
+            if args.chat_prompts_n <= 0:
+                raise ConfigurationError(f"--chat-prompts-n must be positive, got {args.chat_prompts_n}")
+            turns = load_chat_prompts(args.chat_prompts, args.chat_prompts_n, seed=args.seed)
+            extra += [(turn, args.chat_prompts_label) for turn in turns]
         if args.domain_docs:
             from forge_plugins.router_corpus import domain_docs, domain_docs_versions
 
@@ -101,6 +121,12 @@ class RouterTrainMethod(TrainingMethod):
             seed=args.seed,
         )
         model.meta["data"] = Path(args.data).name
+        model.meta["sources"] = {
+            "filler": Path(args.filler).name if args.filler else None,
+            "code_chat": Path(args.code_chat).name if args.code_chat else None,
+            "chat_prompts": Path(args.chat_prompts).name if args.chat_prompts else None,
+            "extra": [Path(p).name for p in args.extra],
+        }
         if args.domain_docs:
             model.meta["domain_docs"] = {"per_label": args.domain_docs, **domain_docs_versions()}
         out = model.save(args.output)

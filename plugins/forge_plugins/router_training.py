@@ -24,6 +24,7 @@ from forge_sdk.errors import DataError
 __all__ = [
     "LabelledQuery",
     "evaluate",
+    "load_chat_prompts",
     "load_code_chat",
     "load_filler",
     "load_labelled",
@@ -121,6 +122,39 @@ def load_code_chat(path: str | Path, *, source_contains: str = "") -> list[tuple
             continue
         pairs.append((messages[0]["content"], messages[1]["content"]))
     return pairs
+
+
+def load_chat_prompts(path: str | Path, n: int, *, seed: int = 20240917) -> list[str]:
+    """``n`` distinct opening user turns, sampled with ``seed``, of a chat or preference JSONL file.
+
+    A row's opening turn is the first message of ``prompt_messages`` or ``messages``.
+
+    Raises:
+        DataError: a line has neither list, or the file has fewer than ``n`` distinct turns.
+    """
+    source = Path(path)
+    turns: set[str] = set()
+    for lineno, line in _read_lines(source):
+        if not line.strip():
+            continue
+        where = f"{source}:{lineno}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg})") from exc
+        messages = None
+        if isinstance(record, dict):
+            messages = record.get("prompt_messages") or record.get("messages")
+        if not isinstance(messages, list) or not messages or not isinstance(messages[0], dict):
+            raise DataError(
+                f"{where}: expected 'prompt_messages' or 'messages': [{{'role', 'content'}}, ...]"
+            )
+        content = messages[0].get("content")
+        if isinstance(content, str) and len(content.strip()) > 15:
+            turns.add(content.strip())
+    if len(turns) < n:
+        raise DataError(f"{source}: only {len(turns)} distinct opening turns, {n} asked for")
+    return random.Random(f"chat-prompts:{seed}").sample(sorted(turns), n)
 
 
 # Chatty framing seen in real traffic, attached to every class alike so that it carries no signal.

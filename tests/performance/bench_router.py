@@ -2,6 +2,9 @@
 
 Prints figures, asserts nothing. Quality is measured two ways that do not flatter the model:
 
+The models here are trained with the shipped recipe (augmentation, Code Alpaca code pairs, 500+500
+documentation paragraphs, 300 hh-rlhf opening turns as ``general``).
+
 * leave-one-source-out over ``router_train.jsonl``: a neural model is trained without one source
   (one dataset; MATH's per-problem files and WritingPrompts' splits count as one source each)
   and scored on that source, so it never sees the style it is tested on;
@@ -24,7 +27,13 @@ from pathlib import Path
 
 from forge_plugins import HybridClassifier, KeywordClassifier, NeuralClassifier
 from forge_plugins.router_corpus import domain_docs
-from forge_plugins.router_training import evaluate, load_code_chat, load_filler, train_router
+from forge_plugins.router_training import (
+    evaluate,
+    load_chat_prompts,
+    load_code_chat,
+    load_filler,
+    train_router,
+)
 from forge_sdk import DEFAULT_EXPERTS
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -139,6 +148,7 @@ def main() -> None:
         filler = load_filler(DATA / "pretrain_gutenberg_5mb.txt")
         pairs = load_code_chat(DATA / "sft_alpaca_2k.jsonl", source_contains="codealpaca")
         docs = domain_docs(args.domain_docs) if args.domain_docs else []
+        docs += [(t, "general") for t in load_chat_prompts(DATA / "dpo_hh_1k.jsonl", 300)]
         leave_one_source_out(rows, filler, pairs, docs)
 
 

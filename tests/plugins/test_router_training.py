@@ -99,3 +99,21 @@ def test_cli_bad_data_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     assert f"{data}:2" in proc.stderr
+
+
+def test_chat_prompts_are_sampled_opening_turns(tmp_path: Path) -> None:
+    from forge_plugins.router_training import load_chat_prompts
+
+    data = tmp_path / "chat.jsonl"
+    rows = [
+        {"prompt_messages": [{"role": "user", "content": f"How do I look after houseplant number {i}?"}]}
+        for i in range(5)
+    ]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    picked = load_chat_prompts(data, 3)
+    assert len(set(picked)) == 3 and picked == load_chat_prompts(data, 3)
+    with pytest.raises(DataError, match="only 5 distinct"):
+        load_chat_prompts(data, 6)
+    data.write_text(json.dumps(rows[0]) + '\n{"prompt": "no messages"}\n')
+    with pytest.raises(DataError, match=r"chat\.jsonl:2: expected 'prompt_messages'"):
+        load_chat_prompts(data, 1)
