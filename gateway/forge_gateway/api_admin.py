@@ -65,7 +65,7 @@ async def _load(gateway: Gateway, expert: ExpertModel) -> None:
     spec = gateway.catalog.lora_for(expert)
     assert spec is not None
     try:
-        await gateway.engine.add_lora(spec)
+        await gateway.load_adapter(spec)
     except (ModelError, ModelNotFoundError) as exc:
         raise InvalidRequestError(
             f"cannot load adapter of expert {expert.name!r}: {exc.message}", param="adapter_path"
@@ -137,7 +137,7 @@ async def unregister_expert(name: str, gateway: Gateway) -> Response[bytes]:
     unloaded = []
     if expert.kind == "adapter" and gateway.engine.supports_lora:
         for spec in specs:
-            await gateway.engine.remove_lora(spec)
+            await gateway.unload_adapter(spec)
             unloaded.append(spec.path)
     return _json({"deleted": name, "kind": expert.kind, "unloaded": unloaded})
 
@@ -167,7 +167,7 @@ async def unload_adapter(name: str, gateway: Gateway) -> Response[bytes]:
     """Free an adapter's engine memory; the next request for it loads it again."""
     _adapter_expert(gateway, name)
     for spec in gateway.catalog.loaded_loras(name):
-        await gateway.engine.remove_lora(spec)
+        await gateway.unload_adapter(spec)
     return _json({"expert": name, "loaded": False})
 
 

@@ -79,6 +79,7 @@ class Gateway:
             retry_base_delay=router.retry_base_delay,
         )
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loaded_loras: set[int] = set()
         self.catalog.on_change.append(self._on_experts_changed)
 
     def _build_classifier(self) -> Classifier | None:
@@ -103,11 +104,20 @@ class Gateway:
         self.standalone.retire_soon(self.standalone.sync(new))
         # Unload adapters that left or changed, so the engine frees them and a re-registered
         # name never serves stale weights (new folders get new ids in the catalog).
+        if not self.engine.supports_lora:
+            return
         for name in gone:
-            if old[name].kind == "adapter" and self.engine.supports_lora:
+            if old[name].kind == "adapter":
                 for spec in self.catalog.loaded_loras(name):
                     if name not in new or spec != self.catalog.lora_for(new[name]):
                         self._background(self._unload(spec))
+        # New adapters (e.g. a registry file written by `forge-train --register`) are loaded
+        # now, so their first request does not pay for it.
+        for name, expert in new.items():
+            if expert.kind == "adapter" and (name not in old or old[name] != expert):
+                fresh = self.catalog.lora_for(expert)
+                if fresh is not None and fresh.lora_id not in self._loaded_loras:
+                    self._background(self._preload(fresh))
 
     def _background(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
@@ -119,9 +129,27 @@ class Gateway:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def load_adapter(self, spec: LoraSpec) -> None:
+        """Load an adapter into the engine (see :meth:`Engine.add_lora` for the errors)."""
+        await self.engine.add_lora(spec)
+        self._loaded_loras.add(spec.lora_id)
+
+    async def unload_adapter(self, spec: LoraSpec) -> None:
+        """Unload an adapter from the engine; the next request for it loads it again."""
+        self._loaded_loras.discard(spec.lora_id)
+        await self.engine.remove_lora(spec)
+
+    async def _preload(self, spec: LoraSpec) -> None:
+        if spec.lora_id in self._loaded_loras:
+            return
+        try:
+            await self.load_adapter(spec)
+        except Exception as exc:  # requests for it will report the problem; keep serving the rest
+            log.warning("lora_preload_failed", adapter=spec.name, path=spec.path, error=str(exc))
+
     async def _unload(self, spec: LoraSpec) -> None:
         try:
-            await self.engine.remove_lora(spec)
+            await self.unload_adapter(spec)
         except Exception as exc:  # unloading is best effort: the engine's LRU evicts it anyway
             log.warning("lora_unload_failed", adapter=spec.name, error=str(exc))
 

@@ -130,14 +130,20 @@ async def test_adapter_added_to_the_registry_file_is_served_without_restart(env:
     other = ExpertRegistry(env.registry)
     other.register(ExpertModel(name="gamma", adapter_path=str(env.adapters["c"]), specialization="math"))
     time.sleep(0.6)  # the catalog stats the file at most every 0.5 s
+    names = [e["name"] for e in (await env.http.get("/experts")).json()["experts"]]
+    assert "gamma" in names
+    for _ in range(100):  # the gateway pre-loads the new adapter in the background
+        if "gamma" in (await env.http.get("/health")).json()["engine"]["loras"]:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the adapter added to the registry file was not pre-loaded")
     results = await asyncio.gather(
         chat_text(env.http, "gamma", MAX_TOKENS),
         chat_text(env.http, "alpha", MAX_TOKENS),
         chat_text(env.http, "tiny", MAX_TOKENS),
     )
     assert [text for text, _ in results] == [env.refs["c"], env.refs["a"], env.refs[None]]
-    names = [e["name"] for e in (await env.http.get("/experts")).json()["experts"]]
-    assert "gamma" in names
     # Pointing the name at other weights must not serve the old, cached ones.
     other.register(ExpertModel(name="gamma", adapter_path=str(env.adapters["b"])))
     time.sleep(0.6)
