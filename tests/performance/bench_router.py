@@ -72,7 +72,7 @@ def latency(queries: list[str], warmup: list[str]) -> None:
         f"{'classifier':12s} {'wall p50 us':>12s} {'wall p99 us':>12s} {'cpu p50 us':>11s} {'cpu p99 us':>11s}"
     )
     for name, clf in _classifiers(None).items():
-        if name not in ("keyword", "neural", "hybrid@0.5"):
+        if name not in ("keyword", "neural", "hybrid@0.4"):
             continue
         for q in warmup:
             clf.classify(q)  # other queries: fills the word n-gram memo as a running server would

@@ -82,3 +82,10 @@ def test_plugin_expert_with_priority_takes_over_its_specialization() -> None:
     )
     assert result.expert == "mathexpert"
     assert result.reason.startswith("keyword+neural:integral")
+
+
+def test_stress_set_quality(stress_set: list[tuple[str, str]]) -> None:
+    from forge_plugins.router_training import evaluate
+
+    report = evaluate(HybridClassifier(DEFAULT_EXPERTS).classify, stress_set)
+    assert report["macro_f1"] >= 0.85, report
