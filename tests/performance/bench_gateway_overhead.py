@@ -20,12 +20,12 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import httpx  # noqa: E402
+import httpx
 
-from forge_gateway.engines import create_engine  # noqa: E402
-from forge_gateway.engines.base import EngineRequest, SamplingOptions  # noqa: E402
-from forge_gateway.tiny_model import build_tiny_model  # noqa: E402
-from tests.support import GatewayProcess  # noqa: E402
+from forge_gateway.engines import create_engine
+from forge_gateway.engines.base import EngineRequest, SamplingOptions
+from forge_gateway.tiny_model import build_tiny_model
+from tests.support import GatewayProcess
 
 MESSAGES = [{"role": "user", "content": "Say one word."}]
 
@@ -62,7 +62,9 @@ async def bench_inprocess(kind: str, model: Path, total: int) -> dict[int, tuple
     ids = engine.tokenize(engine.render_chat(MESSAGES))
 
     async def call(i: int) -> None:
-        req = EngineRequest(f"r{i}-{time.perf_counter_ns()}", ids, SamplingOptions(max_tokens=1, temperature=0))
+        req = EngineRequest(
+            f"r{i}-{time.perf_counter_ns()}", ids, SamplingOptions(max_tokens=1, temperature=0)
+        )
         async for _ in engine.generate(req):
             pass
 
@@ -78,7 +80,9 @@ async def bench_inprocess(kind: str, model: Path, total: int) -> dict[int, tuple
 async def bench_http(base: str, total: int) -> dict[int, tuple[float, float, float]]:
     body = {"model": "tiny", "messages": MESSAGES, "max_tokens": 1, "temperature": 0}
     results = {}
-    async with httpx.AsyncClient(base_url=base, limits=httpx.Limits(max_connections=64), timeout=120) as client:
+    async with httpx.AsyncClient(
+        base_url=base, limits=httpx.Limits(max_connections=64), timeout=120
+    ) as client:
 
         async def call(i: int) -> None:
             resp = await client.post("/v1/chat/completions", json=body)
@@ -101,15 +105,24 @@ def main() -> None:
     rows = []
     for kind in kinds:
         inproc = asyncio.run(bench_inprocess(kind, model, args.requests))
-        with GatewayProcess(["--model", str(model), "--served-model-name", "tiny", "--engine", kind,
-                             "--max-model-len", "256"]) as gw:
+        with GatewayProcess(
+            ["--model", str(model), "--served-model-name", "tiny", "--engine", kind, "--max-model-len", "256"]
+        ) as gw:
             http = asyncio.run(bench_http(gw.base_url, args.requests))
         for conc in (1, 32):
             for path, res in (("in-process", inproc), ("HTTP gateway", http)):
                 p50, p99, rps = res[conc]
                 rows.append((kind, path, conc, p50, p99, rps))
-            rows.append((kind, "added by gateway", conc, http[conc][0] - inproc[conc][0],
-                         http[conc][1] - inproc[conc][1], float("nan")))
+            rows.append(
+                (
+                    kind,
+                    "added by gateway",
+                    conc,
+                    http[conc][0] - inproc[conc][0],
+                    http[conc][1] - inproc[conc][1],
+                    float("nan"),
+                )
+            )
     print(f"\n1-token chat completion, tiny model, {args.requests} requests per cell (OMP_NUM_THREADS=1)")
     print(f"{'engine':<13}{'path':<18}{'conc':>5}{'p50 ms':>10}{'p99 ms':>10}{'req/s':>10}")
     for kind, path, conc, p50, p99, rps in rows:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -138,7 +138,9 @@ class BatchState:
         assert self.mask is not None
         length = max(self.mask.shape[1], mask.shape[1])
         layers = []
-        for old_layer, new_layer in zip(self.cache.layers, cache.layers, strict=True):
+        old_layers: list[Any] = list(self.cache.layers)  # transformers types these as a union
+        new_layers: list[Any] = list(cache.layers)
+        for old_layer, new_layer in zip(old_layers, new_layers, strict=True):
             keys = torch.cat([_left_pad(old_layer.keys, length, 2), _left_pad(new_layer.keys, length, 2)], 0)
             values = torch.cat(
                 [_left_pad(old_layer.values, length, 2), _left_pad(new_layer.values, length, 2)], 0
@@ -183,7 +185,7 @@ class BatchState:
         first = int(mask.any(0).nonzero()[0])  # leftmost column some kept sequence uses
         layers = [
             (layer.keys.index_select(0, rows)[:, :, first:], layer.values.index_select(0, rows)[:, :, first:])
-            for layer in self.cache.layers
+            for layer in cast(list[Any], list(self.cache.layers))
         ]
         self.cache = DynamicCache(ddp_cache_data=layers)
         self.mask = mask[:, first:]

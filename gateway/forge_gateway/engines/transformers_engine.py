@@ -149,7 +149,7 @@ class TransformersEngine(Engine):
             # Half precision on CPU is slow and, for bf16, numerically far from other engines.
             dtype = torch.float32 if dev.type == "cpu" else "auto"
         try:
-            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(dev).eval()
+            model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).to(dev).eval()  # type: ignore[arg-type]
         except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad model
             raise ModelError(f"cannot load model {self.model_path!r}: {exc}") from exc
         cfg = model.config.get_text_config()
@@ -381,7 +381,7 @@ class TransformersEngine(Engine):
             batch.use_adapters = False
 
     def _admit(self) -> list[Any]:
-        new = []
+        new: list[Any] = []
         batch = self._batch
         while self._waiting and len(batch.seqs) + len(new) < self.max_batch_size:
             seq = self._waiting.popleft()
