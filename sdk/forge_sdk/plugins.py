@@ -62,7 +62,8 @@ def get_plugin_manager(
             except Exception as exc:  # a broken third-party plugin must say who it is
                 raise ConfigurationError(
                     f"plugin {ep.name!r} ({ep.value}) failed to load: {exc!r}; "
-                    f"uninstall it or set {DENYLIST_ENV}={ep.name}") from exc
+                    f"uninstall it or set {DENYLIST_ENV}={ep.name}"
+                ) from exc
     for plugin in plugins or []:
         pm.register(plugin)
     return pm
