@@ -8,11 +8,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from forge_plugins.router_embed import (
+    HEAD_FILE,
+    EmbeddingHead,
+    EnsembleRouter,
+    embeddings_available,
+    get_encoder,
+)
 from forge_plugins.router_model import DEFAULT_MODEL_DIR, RouterModel
 from forge_sdk import Classification, Classifier, ExpertModel
 from forge_sdk.errors import ConfigurationError
 
-__all__ = ["HybridClassifier", "KeywordClassifier", "NeuralClassifier", "load_router_model"]
+__all__ = ["HybridClassifier", "KeywordClassifier", "NeuralClassifier", "load_router", "load_router_model"]
 
 _MODELS: dict[tuple[str, float], RouterModel] = {}
 _MODELS_LOCK = threading.Lock()
@@ -35,6 +42,43 @@ def load_router_model(model_dir: str | Path | None = None) -> RouterModel:
             model = RouterModel.load(folder)
             _MODELS[key] = model
         return model
+
+
+def load_router(
+    model_dir: str | Path | None = None, embeddings: bool | str = "auto"
+) -> RouterModel | EnsembleRouter:
+    """The router of ``model_dir``: the tf-idf model, or it and the embedding head together.
+
+    Args:
+        model_dir: model folder (default: the shipped one).
+        embeddings: ``True`` to require the embedding head, ``False`` for tf-idf only, ``"auto"`` to
+            use it when the folder has one and the ``embed`` extra is installed.
+
+    Raises:
+        ConfigurationError: a bad ``embeddings`` value, or ``True`` without the extra installed.
+        forge_sdk.errors.ModelError: no readable model (or, with ``True``, no embedding head).
+    """
+    if embeddings not in (True, False, "auto"):
+        raise ConfigurationError(f'embeddings must be true, false or "auto", got {embeddings!r}')
+    model = load_router_model(model_dir)
+    folder = Path(model_dir).expanduser().resolve() if model_dir else DEFAULT_MODEL_DIR
+    if embeddings == "auto":
+        embeddings = (folder / HEAD_FILE).exists() and embeddings_available()
+    if not embeddings:
+        return model
+    key = (
+        str(folder / HEAD_FILE),
+        (folder / HEAD_FILE).stat().st_mtime if (folder / HEAD_FILE).exists() else -1.0,
+    )
+    with _MODELS_LOCK:
+        head = _HEADS.get(key)
+        if head is None:
+            head = EmbeddingHead.load(folder)
+            _HEADS[key] = head
+    return EnsembleRouter(model, head, get_encoder())
+
+
+_HEADS: dict[tuple[str, float], EmbeddingHead] = {}
 
 
 def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> None:
@@ -126,6 +170,9 @@ class NeuralClassifier(Classifier):
     Options:
         model_dir: folder written by ``forge-train router`` (default: the model shipped in
             this package, trained on ``router_train.jsonl``).
+        embeddings: combine the tf-idf model with the MiniLM embedding head: ``true``, ``false``
+            or ``"auto"`` (default: used when the model has a head and the ``embed`` extra is
+            installed; better on unseen styles, ~9 ms a query instead of ~0.1 ms).
     """
 
     name = "neural"
@@ -133,9 +180,9 @@ class NeuralClassifier(Classifier):
     def __init__(
         self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
     ) -> None:
-        _check_options(self.name, options, {"model_dir"})
+        _check_options(self.name, options, {"model_dir", "embeddings"})
         super().__init__(experts, default_expert=default_expert, **options)
-        self.model = load_router_model(options.get("model_dir"))
+        self.model = load_router(options.get("model_dir"), options.get("embeddings", "auto"))
 
     def predict(self, query: str) -> tuple[str, float]:
         """The predicted specialization label of ``query`` and its probability."""
@@ -160,7 +207,7 @@ class HybridClassifier(Classifier):
             best on both leave-one-source-out and the stress set; below it the default expert serves).
         override: the neural model overrules an unambiguous keyword only when its confidence
             is above this (default 0.8; 1.0 means never).
-        model_dir: as for the neural classifier.
+        model_dir, embeddings: as for the neural classifier.
     """
 
     name = "hybrid"
@@ -168,11 +215,13 @@ class HybridClassifier(Classifier):
     def __init__(
         self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
     ) -> None:
-        _check_options(self.name, options, {"threshold", "override", "model_dir"})
+        _check_options(self.name, options, {"threshold", "override", "model_dir", "embeddings"})
         self.keyword = KeywordClassifier(experts, default_expert=default_expert)
         super().__init__(experts, default_expert=default_expert, **options)
         self.neural = NeuralClassifier(
-            experts, default_expert=default_expert, **{k: v for k, v in options.items() if k == "model_dir"}
+            experts,
+            default_expert=default_expert,
+            **{k: v for k, v in options.items() if k in ("model_dir", "embeddings")},
         )
         self.threshold = self._probability(options, "threshold", 0.4)
         self.override = self._probability(options, "override", 0.8)

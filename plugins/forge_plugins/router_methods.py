@@ -22,7 +22,7 @@ class RouterTrainMethod(TrainingMethod):
             --filler /work/shared/data/pretrain_gutenberg_5mb.txt \\
             --code-chat /work/shared/data/sft_alpaca_2k.jsonl --code-chat-source codealpaca \\
             --domain-docs 500 --chat-prompts /work/shared/data/dpo_hh_1k.jsonl \\
-            --output plugins/forge_plugins/models/router
+            --embeddings --output plugins/forge_plugins/models/router
     """
 
     name = "router"
@@ -68,6 +68,11 @@ class RouterTrainMethod(TrainingMethod):
             default=0,
             metavar="N",
             help="add N math (SymPy) and N code (Python stdlib) documentation paragraphs (default: 0)",
+        )
+        parser.add_argument(
+            "--embeddings",
+            action="store_true",
+            help="also fit the MiniLM embedding head (embed.npz; needs forge-plugins[embed])",
         )
         parser.add_argument("--no-augment", action="store_true", help="train on --data as given")
         parser.add_argument(
@@ -129,7 +134,22 @@ class RouterTrainMethod(TrainingMethod):
         }
         if args.domain_docs:
             model.meta["domain_docs"] = {"per_label": args.domain_docs, **domain_docs_versions()}
+        if args.embeddings:
+            from forge_plugins.router_embed import ENCODER_NAME, train_head
+
+            # The head sees the examples as given (no augmentation): the encoder already
+            # generalises over wording, and the code chat requests stand without their code.
+            examples = [*records, *extra, *((req, args.code_label) for req, _ in pairs)]
+            head = train_head(examples, model.labels)
+            model.meta["embeddings"] = {"encoder": ENCODER_NAME, "n_examples": len(examples)}
         out = model.save(args.output)
+        if args.embeddings:
+            head.save(out)
+        else:
+            from forge_plugins.router_embed import HEAD_FILE
+
+            # A head left from an earlier training would be paired with the new tf-idf model.
+            (out / HEAD_FILE).unlink(missing_ok=True)
         fit = evaluate(lambda q: model.predict(q)[0], records)
         metrics = {"train_accuracy": fit["accuracy"], "train_macro_f1": fit["macro_f1"], **model.meta}
         print(json.dumps({"output_dir": str(out), **metrics}, indent=2))
@@ -147,6 +167,12 @@ class RouterEvalMethod(TrainingMethod):
         """Flags: --model (default: the shipped model) and --data."""
         parser.add_argument("--model", help="model folder (default: the model shipped with forge-plugins)")
         parser.add_argument(
+            "--embeddings",
+            choices=("auto", "yes", "no"),
+            default="auto",
+            help="use the embedding head (auto: when the model has one and the extra is installed)",
+        )
+        parser.add_argument(
             "--data", required=True, help='labelled JSONL: {"query": ..., "label": ...} per line'
         )
 
@@ -157,11 +183,12 @@ class RouterEvalMethod(TrainingMethod):
             forge_sdk.errors.DataError: a bad record.
             forge_sdk.errors.ModelError: no readable model in --model.
         """
-        from forge_plugins.router_model import DEFAULT_MODEL_DIR, RouterModel
+        from forge_plugins.classifiers import load_router
+        from forge_plugins.router_model import DEFAULT_MODEL_DIR
         from forge_plugins.router_training import evaluate, load_labelled
 
         folder = Path(args.model) if args.model else DEFAULT_MODEL_DIR
-        model = RouterModel.load(folder)
+        model = load_router(folder, "auto" if args.embeddings == "auto" else args.embeddings == "yes")
         records = load_labelled(args.data)
         report = evaluate(lambda q: model.predict(q)[0], records)
         sys.stdout.write(json.dumps(report, indent=2) + "\n")

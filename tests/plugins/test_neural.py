@@ -80,7 +80,7 @@ def test_long_pasted_input_is_bounded_and_routed(clf: NeuralClassifier) -> None:
 
 def test_shipped_model_is_small_and_safe() -> None:
     files = {p.name: p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()}
-    assert set(files) == {"router.npz", "router.json"}
+    assert set(files) == {"router.npz", "router.json", "embed.npz"}
     assert sum(files.values()) < 5 * 1024 * 1024
     RouterModel.load(DEFAULT_MODEL_DIR)  # loads with allow_pickle=False
 
