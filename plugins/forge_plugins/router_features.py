@@ -52,6 +52,67 @@ _SHAPES: tuple[tuple[str, re.Pattern[str]], ...] = (
 )
 
 
+# Domain lexicons: which words belong to a field, written from general knowledge of the fields,
+# not from any evaluation set. The training queries name a few languages and topics; a shared
+# ``s:lex_*`` feature lets what the model learns from those carry over to the rest of the field
+# ("kubectl", "flutter", "villanelle", "eigenvector" that no training query contains).
+_LEXICONS: dict[str, str] = {
+    word: kind
+    for kind, words in (
+        (
+            "code",
+            """python java javascript typescript golang kotlin swift ruby php perl scala haskell
+            elixir erlang clojure lua dart matlab fortran cobol bash zsh powershell sql mysql
+            postgres postgresql sqlite mongodb redis kafka rabbitmq elasticsearch react reactjs vue
+            vuejs angular svelte nextjs nuxt jquery node nodejs npm yarn pip conda django flask
+            fastapi rails laravel spring springboot express dotnet unity flutter android ios xcode
+            gradle maven webpack vite babel eslint docker dockerfile kubernetes kubectl k8s helm
+            terraform ansible jenkins git github gitlab aws azure gcp nginx apache linux ubuntu
+            debian regex api apis json yaml xml html css tailwind bootstrap http https graphql grpc
+            websocket oauth jwt cors ssl ssh tcp compiler runtime debugger stacktrace traceback
+            exception segfault nullpointerexception pandas numpy scipy matplotlib pytorch
+            tensorflow keras sklearn jupyter vscode vim emacs intellij repo commit deploy deployment
+            backend frontend localhost endpoint database schema orm async await coroutine coroutines
+            goroutine goroutines thread threads mutex closure callback promise lambda recursion
+            pointer pointers struct enum inheritance polymorphism dependency dependencies library
+            framework variable variables function functions method array arrays boolean dict
+            hashmap bug debug refactor unittest pytest jest junit container containers pod pods
+            microservice serverless firebase heroku vercel cron systemd virtualenv venv cli
+            terminal sdk ide compile syntax programming coding developer software frontend typescript
+            webassembly wasm cpp rustc cargo crate nginx env config localhost""",
+        ),
+        (
+            "math",
+            """equation equations integral integrals derivative derivatives probability permutation
+            permutations combinations factorial eigenvalue eigenvalues eigenvector matrix matrices
+            determinant vector vectors polynomial polynomials quadratic logarithm logarithms
+            exponent exponents theorem prove proof lemma prime primes divisible divisor divisors gcd
+            lcm modulo median variance deviation hypothesis distribution binomial poisson
+            expectation limit converge converges convergent diverge series calculus algebra
+            geometry trigonometry sine cosine tangent angle angles triangle hypotenuse radius
+            diameter circumference area perimeter volume fraction fractions decimal percent
+            percentage ratio proportion simplify differentiate integrate differentiable continuous
+            inequality asymptote parabola ellipse hyperbola slope intercept arithmetic geometric
+            compounded interest integer integers rational irrational real complex root roots
+            solve solving sqrt infinity infinite sum product quotient remainder multiple
+            multiples digit digits probability statistics statistical regression correlation""",
+        ),
+        (
+            "writing",
+            """poem poems poetry haiku sonnet limerick villanelle ode verse verses stanza rhyme
+            rhyming lyrics song story stories novel novella chapter scene dialogue character
+            characters plot essay essays letter letters email emails memo speech toast eulogy
+            obituary tribute announcement blog article op-ed caption slogan tagline advertisement
+            ad copywriting bio resume cv proposal screenplay monologue fairy tale fable narrative
+            prose draft rewrite proofread edit paraphrase summarize summarise rephrase reword
+            wordy grammar punctuation paragraph invitation apology greeting tweet headline
+            storyline protagonist villain narrator fiction premise sentence""",
+        ),
+    )
+    for word in words.split()
+}
+
+
 def clip(text: str) -> str:
     """The part of ``text`` the router reads: all of it, or a head and a tail window."""
     if len(text) <= HEAD_CHARS + TAIL_CHARS:
@@ -74,6 +135,7 @@ def extract(text: str) -> Counter[str]:
     lower = _DIGITS.sub("0", text.lower())
     words = _WORD.findall(lower)
     feats.update("w:" + w for w in words)
+    feats.update("s:lex_" + kind for kind in map(_LEXICONS.get, words) if kind)
     feats.update("b:" + a + " " + b for a, b in itertools.pairwise(words))
     # Char n-grams per word, memoised across calls because queries share most of their words.
     grams: list[str] = []
