@@ -35,6 +35,7 @@ def main() -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "experts.json").unlink(missing_ok=True)  # start each demo with no trained experts
 
     step("1. Build a tiny Qwen2-style chat model locally (random weights: its words are gibberish)")
     model_dir = OUT / "tiny-model"
@@ -58,6 +59,8 @@ def main() -> int:
             str(port),
             "--max-model-len",
             "512",
+            "--registry",
+            str(OUT / "experts.json"),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -121,6 +124,46 @@ def main() -> int:
         resp = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "Solve 2x + 3 = 11"}], max_tokens=8
         )
+        print("served by:", resp.headers.get("x-forge-expert"), "|", resp.headers.get("x-forge-route-reason"))
+        step("8. Train a LoRA expert with forge-train and register it: the running gateway serves it")
+        registry = OUT / "experts.json"
+        data = OUT / "math-seed.jsonl"
+        subprocess.run(
+            [sys.executable, "-m", "forge_train.cli", "math-seed", "--output", str(data)], check=True
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "forge_train.cli",
+                "sft",
+                "--model",
+                str(model_dir),
+                "--dataset",
+                str(data),
+                "--output",
+                str(OUT / "tiny-math-adapter"),
+                "--max-steps",
+                "20",
+                "--max-length",
+                "128",
+                "--register",
+                "tiny-math",
+                "--specialization",
+                "math",
+                "--registry",
+                str(registry),
+            ],
+            check=True,
+        )
+        for _ in range(60):  # the gateway re-reads the registry within a second
+            if "tiny-math" in [m.id for m in client.models.list().data]:
+                break
+            time.sleep(0.5)
+        resp = client.chat.completions.with_raw_response.create(
+            model="tiny-math", messages=[{"role": "user", "content": "What is 7 factorial?"}], max_tokens=12
+        )
+        print("answer:", repr(resp.parse().choices[0].message.content))
         print("served by:", resp.headers.get("x-forge-expert"), "|", resp.headers.get("x-forge-route-reason"))
         print("\nDemo done. Logs:", OUT / "gateway.log")
         return 0
