@@ -90,3 +90,20 @@ def test_train_with_and_without_embeddings(train_sample: Path, tmp_path: Path) -
     assert clf.classify("Write a Python function that merges two sorted lists.") == "code"
     train()  # a stale head must not be paired with the new tf-idf model
     assert not (tmp_path / HEAD_FILE).exists()
+
+
+def test_without_the_extra_auto_falls_back_and_true_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from forge_plugins import router_embed
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        router_embed.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == router_embed.ENCODER_PACKAGE else real(name, *a),
+    )
+    assert not embeddings_available()
+    assert isinstance(NeuralClassifier(DEFAULT_EXPERTS).model, RouterModel)
+    with pytest.raises(ConfigurationError, match=r"forge-plugins\[embed\]"):
+        router_embed.SentenceEncoder()

@@ -98,3 +98,15 @@ def test_missing_or_corrupt_model_is_a_model_error(tmp_path: Path) -> None:
     (tmp_path / "router.npz").write_bytes(b"not a zip file")
     with pytest.raises(ModelError, match="unreadable"):
         NeuralClassifier(DEFAULT_EXPERTS, model_dir=str(tmp_path))
+
+
+def test_lexicon_tokens_name_the_field_of_unseen_words() -> None:
+    from forge_plugins.router_features import extract
+
+    feats = extract(
+        "My Flutter app and the kubectl rollout both fail; also write a villanelle about eigenvalues"
+    )
+    assert feats["s:lex_code"] == 2
+    assert feats["s:lex_writing"] == 1
+    assert feats["s:lex_math"] == 1
+    assert not any(k.startswith("s:lex_") for k in extract("What is the capital of Peru?"))
