@@ -8,16 +8,23 @@ in ``x-forge-expert`` / ``x-forge-route-reason`` headers.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.response import Stream
 
+from forge_gateway.engines.base import Engine
 from forge_gateway.errors import validation_error
-from forge_gateway.generation import GenerationPlan, plan_generation, run_to_completion, stream_outputs
-from forge_gateway.routing import Target
+from forge_gateway.generation import (
+    Choice,
+    GenerationPlan,
+    plan_generation,
+    run_to_completion,
+    stream_outputs,
+)
+from forge_gateway.routing import RESOLVED_TARGET, Target
 from forge_gateway.security import admit, estimate_remote_tokens
 from forge_gateway.state import Gateway
 from forge_sdk.errors import LargeForgeAIError
@@ -70,6 +77,26 @@ def _last_user_text(messages: list[ChatMessage]) -> str:
         if message.role == "user":
             return message_text(message)
     return message_text(messages[-1])
+
+
+async def resolve_target(
+    request: Request[Any, Any, Any], gateway: Gateway, model: str, query: Callable[[], str]
+) -> Target:
+    """The request's target: the one the fast path already resolved, or a fresh resolution."""
+    resolved = request.scope.get("state", {}).get(RESOLVED_TARGET)
+    if resolved is not None and resolved[0] == model:
+        return resolved[1]  # type: ignore[no-any-return]
+    return await gateway.catalog.aresolve(model, query)
+
+
+async def _complete(
+    gateway: Gateway, engine: Engine, plan: GenerationPlan, target: Target
+) -> tuple[list[Choice], Usage]:
+    """Run a non-streaming request to the end (within the timeout) and account its usage."""
+    choices = await gateway.with_timeout(run_to_completion(engine, plan))
+    completion_tokens = sum(c.completion_tokens for c in choices)
+    gateway.record_usage(target, plan.prompt_tokens, completion_tokens, engine.name)
+    return choices, Usage(plan.prompt_tokens, completion_tokens, plan.prompt_tokens + completion_tokens)
 
 
 @get("/v1/models", sync_to_thread=False)
@@ -125,7 +152,7 @@ async def _stream_chat(
 async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes] | Stream:
     """OpenAI chat completions, streaming (SSE) or not."""
     req: ChatCompletionRequest = decode_body(await request.body(), ChatCompletionRequest)
-    target = gateway.catalog.resolve(req.model, lambda: _last_user_text(req.messages))
+    target = await resolve_target(request, gateway, req.model, lambda: _last_user_text(req.messages))
     if target.expert is not None and target.expert.kind == "remote":
         max_tokens = req.max_completion_tokens or req.max_tokens
         await admit(
@@ -161,9 +188,7 @@ async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) ->
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
-    choices = await gateway.with_timeout(run_to_completion(engine, plan))
-    completion_tokens = sum(c.completion_tokens for c in choices)
-    gateway.record_usage(target, plan.prompt_tokens, completion_tokens, engine.name)
+    choices, usage = await _complete(gateway, engine, plan, target)
     body = ChatCompletion(
         id=plan.request_id,
         created=int(time.time()),
@@ -172,7 +197,7 @@ async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) ->
             ChatCompletionChoice(c.index, ChatMessage(role="assistant", content=c.text), c.finish_reason)  # type: ignore[arg-type]
             for c in choices
         ],
-        usage=Usage(plan.prompt_tokens, completion_tokens, plan.prompt_tokens + completion_tokens),
+        usage=usage,
     )
     return Response(_encode(body), media_type="application/json", headers=headers)
 
@@ -226,7 +251,7 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
     """OpenAI (legacy) text completions."""
     req: CompletionRequest = decode_body(await request.body(), CompletionRequest)
     prompt = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
-    target = gateway.catalog.resolve(req.model, lambda: prompt)
+    target = await resolve_target(request, gateway, req.model, lambda: prompt)
     if target.expert is not None and target.expert.kind == "remote":
         await admit(
             target,
@@ -263,9 +288,7 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
             media_type="text/event-stream",
             headers={**headers, "cache-control": "no-cache"},
         )
-    choices = await gateway.with_timeout(run_to_completion(engine, plan))
-    completion_tokens = sum(c.completion_tokens for c in choices)
-    gateway.record_usage(target, plan.prompt_tokens, completion_tokens, engine.name)
+    choices, usage = await _complete(gateway, engine, plan, target)
     body = Completion(
         id=plan.request_id,
         created=int(time.time()),
@@ -274,7 +297,7 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
             CompletionChoice(c.index, (echo or "") + c.text, c.finish_reason)  # type: ignore[arg-type]
             for c in choices
         ],
-        usage=Usage(plan.prompt_tokens, completion_tokens, plan.prompt_tokens + completion_tokens),
+        usage=usage,
     )
     return Response(_encode(body), media_type="application/json", headers=headers)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import anyio
 import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import Parameter
@@ -91,11 +90,7 @@ async def route(gateway: Gateway, text: Annotated[str, Parameter(query="query")]
     # ``query`` is a reserved handler kwarg in Litestar, hence the alias.
     if not text.strip():
         raise InvalidRequestError("query must not be empty", param="query")
-    target = (
-        await anyio.to_thread.run_sync(gateway.catalog.route, text)
-        if len(text) > 4096
-        else gateway.catalog.route(text)
-    )
+    target = await gateway.catalog.aroute(text)
     classifier = gateway.catalog.classifier
     endpoint = target.expert.endpoint if target.expert and target.expert.endpoint else "local"
     decision = RouteDecision(
@@ -160,7 +155,7 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
         if req.prompt is not None
         else next((m["content"] for m in reversed(messages or []) if m["role"] == "user"), "")
     )
-    target = gateway.catalog.resolve(req.expert or "auto", lambda: text)
+    target = await gateway.catalog.aresolve(req.expert or "auto", lambda: text)
     if target.expert is not None and target.expert.kind == "remote":
         chat = messages or [{"role": "user", "content": text}]
         await admit(

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import structlog
 
-from forge_gateway.routing import Target
+from forge_gateway.routing import RESOLVED_TARGET, Target
 from forge_gateway.state import Gateway
 from forge_sdk.errors import ExpertUnavailableError, LargeForgeAIError, UpstreamError
 from forge_sdk.types import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse, message_text
@@ -98,10 +98,12 @@ class RemoteFastPath:
             return
         try:
             request = _decoders[scope["path"]].decode(body)
-            target = self.gateway.catalog.resolve(request.model, lambda: _query_text(request))
+            target = await self.gateway.catalog.aresolve(request.model, lambda: _query_text(request))
         except (msgspec.DecodeError, LargeForgeAIError):
             target = None  # Litestar renders the error
         if target is None or target.expert is None or target.expert.kind != "remote":
+            if target is not None:  # the handler reuses it: classify each request once
+                scope.setdefault("state", {})[RESOLVED_TARGET] = (request.model, target)
             await self.app(scope, _replay(body, receive), send)
             return
         started = False

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import structlog
 
 from forge_gateway.engines.base import LoraSpec
@@ -21,9 +22,11 @@ from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, ModelNotFoundError
 from forge_sdk.experts import ExpertModel, ExpertRegistry
 
-__all__ = ["AUTO", "ExpertCatalog", "Target"]
+__all__ = ["AUTO", "RESOLVED_TARGET", "ExpertCatalog", "Target"]
 
 AUTO = "auto"
+RESOLVED_TARGET = "forge.resolved_target"
+"""ASGI scope state key where the fast path leaves ``(model, Target)`` for the handler."""
 log = structlog.get_logger("forge_gateway.routing")
 
 
@@ -229,6 +232,19 @@ class ExpertCatalog:
         raise ModelNotFoundError(
             f"The model `{model}` does not exist. Served: {', '.join(self.model_names())}", param="model"
         )
+
+    async def aresolve(self, model: str, query: Callable[[], str]) -> Target:
+        """:meth:`resolve` for the event loop: a heavy classifier runs in a worker thread."""
+        if model == AUTO and self.classifier is not None and self.classifier.heavy:
+            return await anyio.to_thread.run_sync(self.resolve, model, query)
+        return self.resolve(model, query)
+
+    async def aroute(self, text: str) -> Target:
+        """:meth:`route` for the event loop (heavy classifiers and long texts go to a thread)."""
+        heavy = self.classifier is not None and self.classifier.heavy
+        if heavy or len(text) > 4096:
+            return await anyio.to_thread.run_sync(self.route, text)
+        return self.route(text)
 
     def route(self, text: str) -> Target:
         """Classify ``text`` and return the chosen expert (the base model when nothing can route)."""

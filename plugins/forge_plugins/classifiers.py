@@ -183,6 +183,7 @@ class NeuralClassifier(Classifier):
         _check_options(self.name, options, {"model_dir", "embeddings"})
         super().__init__(experts, default_expert=default_expert, **options)
         self.model = load_router(options.get("model_dir"), options.get("embeddings", "auto"))
+        self.heavy = isinstance(self.model, EnsembleRouter)  # the MiniLM encoder takes ~10 ms
 
     def predict(self, query: str) -> tuple[str, float]:
         """The predicted specialization label of ``query`` and its probability."""
@@ -223,6 +224,7 @@ class HybridClassifier(Classifier):
             default_expert=default_expert,
             **{k: v for k, v in options.items() if k in ("model_dir", "embeddings")},
         )
+        self.heavy = self.neural.heavy
         self.threshold = self._probability(options, "threshold", 0.4)
         self.override = self._probability(options, "override", 0.8)
 

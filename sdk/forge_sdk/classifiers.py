@@ -39,6 +39,9 @@ class Classifier(abc.ABC):
     """
 
     name: ClassVar[str]
+    heavy: bool = False
+    """True when one classification takes milliseconds (e.g. a neural encoder): the gateway then
+    runs it in a worker thread instead of on the event loop."""
 
     def __init__(
         self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
