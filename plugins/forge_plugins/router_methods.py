@@ -22,7 +22,7 @@ class RouterTrainMethod(TrainingMethod):
             --filler /work/shared/data/pretrain_gutenberg_5mb.txt \\
             --code-chat /work/shared/data/sft_alpaca_2k.jsonl --code-chat-source codealpaca \\
             --domain-docs 500 --chat-prompts /work/shared/data/dpo_hh_1k.jsonl \\
-            --embeddings --output plugins/forge_plugins/models/router
+            --generated 300 --embeddings --output plugins/forge_plugins/models/router
     """
 
     name = "router"
@@ -70,6 +70,14 @@ class RouterTrainMethod(TrainingMethod):
             help="add N math (SymPy) and N code (Python stdlib) documentation paragraphs (default: 0)",
         )
         parser.add_argument(
+            "--generated",
+            type=int,
+            default=0,
+            metavar="N",
+            help="add N generated queries per class in under-covered styles (conceptual code questions,"
+            " counting/probability, bare story premises; default: 0)",
+        )
+        parser.add_argument(
             "--embeddings",
             action="store_true",
             help="also fit the MiniLM embedding head (embed.npz; needs forge-plugins[embed])",
@@ -105,6 +113,8 @@ class RouterTrainMethod(TrainingMethod):
         )
         if args.domain_docs < 0:
             raise ConfigurationError(f"--domain-docs must be >= 0, got {args.domain_docs}")
+        if args.generated < 0:
+            raise ConfigurationError(f"--generated must be >= 0, got {args.generated}")
         extra = [record for path in args.extra for record in load_labelled(path)]
         if args.chat_prompts:
             if args.chat_prompts_n <= 0:
@@ -115,6 +125,10 @@ class RouterTrainMethod(TrainingMethod):
             from forge_plugins.router_corpus import domain_docs, domain_docs_versions
 
             extra += domain_docs(args.domain_docs, seed=args.seed)
+        if args.generated:
+            from forge_plugins.router_generated import generated_examples
+
+            extra += generated_examples(args.generated, seed=args.seed)
         model = train_router(
             records,
             filler=filler,
@@ -134,6 +148,8 @@ class RouterTrainMethod(TrainingMethod):
         }
         if args.domain_docs:
             model.meta["domain_docs"] = {"per_label": args.domain_docs, **domain_docs_versions()}
+        if args.generated:
+            model.meta["generated_per_label"] = args.generated
         if args.embeddings:
             from forge_plugins.router_embed import ENCODER_NAME, train_head
 

@@ -3,7 +3,7 @@
 Prints figures, asserts nothing. Quality is measured two ways that do not flatter the model:
 
 The models here are trained with the shipped recipe (augmentation, Code Alpaca code pairs, 500+500
-documentation paragraphs, 300 hh-rlhf opening turns as ``general``).
+documentation paragraphs, 300 hh-rlhf opening turns as ``general``, 300 generated queries a class).
 
 * leave-one-source-out over ``router_train.jsonl``: a neural model is trained without one source
   (one dataset; MATH's per-problem files and WritingPrompts' splits count as one source each)
@@ -34,6 +34,7 @@ from pathlib import Path
 from forge_plugins import HybridClassifier, KeywordClassifier, NeuralClassifier
 from forge_plugins.router_corpus import domain_docs
 from forge_plugins.router_embed import EmbeddingHead, embeddings_available, get_encoder
+from forge_plugins.router_generated import generated_examples
 from forge_plugins.router_training import (
     evaluate,
     load_chat_prompts,
@@ -167,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="skip leave-one-source-out")
     parser.add_argument("--domain-docs", type=int, default=500, help="as forge-train router --domain-docs")
+    parser.add_argument("--generated", type=int, default=300, help="as forge-train router --generated")
     args = parser.parse_args()
     embed = embeddings_available()
     print(f"embedding head: {'available' if embed else 'not installed (tf-idf only)'}")
@@ -186,6 +188,7 @@ def main() -> None:
         pairs = load_code_chat(DATA / "sft_alpaca_2k.jsonl", source_contains="codealpaca")
         docs = domain_docs(args.domain_docs) if args.domain_docs else []
         docs += [(t, "general") for t in load_chat_prompts(DATA / "dpo_hh_1k.jsonl", 300)]
+        docs += generated_examples(args.generated) if args.generated else []
         leave_one_source_out(rows, filler, pairs, docs, embed)
 
 
