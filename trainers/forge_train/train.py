@@ -66,14 +66,7 @@ def train_sft(
             packing=config.packing,
             assistant_only_loss=config.assistant_only_loss,
         )
-        return SFTTrainer(
-            model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=lora_config(config),
-            callbacks=cbs,
-        )
+        return _build_trainer(SFTTrainer, config, args, data, tokenizer, cbs)
 
     return run_training(config, "sft", factory, callbacks=callbacks)
 
@@ -116,14 +109,7 @@ def train_pretrain(
             packing_strategy="wrapped",
             completion_only_loss=False,
         )
-        return SFTTrainer(
-            model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=lora_config(config),
-            callbacks=cbs,
-        )
+        return _build_trainer(SFTTrainer, config, args, data, tokenizer, cbs)
 
     return run_training(config, "pretrain", factory, callbacks=callbacks)
 
@@ -161,15 +147,7 @@ def train_dpo(
             loss_type=[config.loss_type],
         )
         ref = load_model(config.ref_model) if config.ref_model else None
-        return DPOTrainer(
-            model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
-            ref_model=ref,
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=lora_config(config),
-            callbacks=cbs,
-        )
+        return _build_trainer(DPOTrainer, config, args, data, tokenizer, cbs, ref_model=ref)
 
     return run_training(config, "dpo", factory, callbacks=callbacks)
 
@@ -201,13 +179,21 @@ def train_orpo(
         from trl.experimental.orpo import ORPOTrainer
 
         args = TRLORPOConfig(**common_training_args(config, batch, accum), beta=config.beta)
-        return ORPOTrainer(
-            model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
-            args=args,
-            train_dataset=data,
-            processing_class=tokenizer,
-            peft_config=lora_config(config),
-            callbacks=cbs,
-        )
+        return _build_trainer(ORPOTrainer, config, args, data, tokenizer, cbs)
 
     return run_training(config, "orpo", factory, callbacks=callbacks)
+
+
+def _build_trainer(
+    trainer_cls: Any, config: Any, args: Any, data: Any, tokenizer: Any, callbacks: list[Any], **extra: Any
+) -> Any:
+    """A TRL trainer on a freshly loaded model (4-bit for QLoRA), with the run's LoRA config."""
+    return trainer_cls(
+        model=load_model(config.model_name, load_in_4bit=config.load_in_4bit),
+        args=args,
+        train_dataset=data,
+        processing_class=tokenizer,
+        peft_config=lora_config(config),
+        callbacks=callbacks,
+        **extra,
+    )

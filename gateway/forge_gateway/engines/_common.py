@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from forge_gateway.engines.base import EngineRequest
+from forge_gateway.engines.base import Engine, EngineRequest
 from forge_sdk.errors import (
     ContextLengthExceededError,
     EngineUnavailableError,
@@ -17,7 +17,7 @@ from forge_sdk.errors import (
     ModelError,
 )
 
-__all__ = ["ChatTokenizer", "StopChecker", "check_request"]
+__all__ = ["ChatTokenizer", "HFTokenizerEngine", "StopChecker", "check_request"]
 
 
 class ChatTokenizer:
@@ -151,3 +151,43 @@ class StopChecker:
         delta = text[self._emitted : safe]
         self._emitted = safe
         return delta
+
+
+class HFTokenizerEngine(Engine):
+    """What both engines share: a Hugging Face tokenizer loaded at start, context and LoRA flags.
+
+    Subclasses set ``_tokenizer`` in ``start()`` and ``_max_model_len`` / ``_enable_lora`` in
+    ``__init__`` (or once the model is loaded).
+    """
+
+    _tokenizer: ChatTokenizer | None = None
+    _max_model_len: int
+    _enable_lora: bool
+
+    @property
+    def max_model_len(self) -> int:
+        """Context length: prompt plus completion tokens."""
+        return self._max_model_len
+
+    @property
+    def supports_lora(self) -> bool:
+        """True when started with ``enable_lora``."""
+        return self._enable_lora
+
+    @property
+    def tokenizer(self) -> Any:
+        """The Hugging Face tokenizer (after start)."""
+        return self._require_tokenizer().hf
+
+    def _require_tokenizer(self) -> ChatTokenizer:
+        if self._tokenizer is None:
+            raise EngineUnavailableError("the engine is not started")
+        return self._tokenizer
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of ``text`` (no special tokens added)."""
+        return self._require_tokenizer().tokenize(text)
+
+    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
+        """The model's chat template with a generation prompt."""
+        return self._require_tokenizer().render_chat(messages)

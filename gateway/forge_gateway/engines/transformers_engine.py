@@ -16,12 +16,12 @@ import asyncio
 import collections
 import contextlib
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from forge_gateway.engines._common import ChatTokenizer, StopChecker, check_request
-from forge_gateway.engines.base import Engine, EngineOutput, EngineRequest, EngineStats, LoraSpec
+from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, StopChecker, check_request
+from forge_gateway.engines.base import EngineOutput, EngineRequest, EngineStats, LoraSpec
 from forge_sdk.errors import (
     EngineUnavailableError,
     InferenceError,
@@ -41,7 +41,7 @@ _DTYPES = {
 }
 
 
-class TransformersEngine(Engine):
+class TransformersEngine(HFTokenizerEngine):
     """Continuous-batching generation on a Hugging Face causal LM.
 
     Args:
@@ -91,21 +91,6 @@ class TransformersEngine(Engine):
         self.error: BaseException | None = None
 
     # -- life cycle -------------------------------------------------------------------------
-
-    @property
-    def max_model_len(self) -> int:
-        """Context length: prompt plus completion tokens (known after start when not given)."""
-        return self._max_model_len
-
-    @property
-    def supports_lora(self) -> bool:
-        """True when started with ``enable_lora``."""
-        return self._enable_lora
-
-    @property
-    def tokenizer(self) -> Any:
-        """The Hugging Face tokenizer (after start)."""
-        return self._require_tokenizer().hf
 
     @property
     def max_batch_seen(self) -> int:
@@ -195,19 +180,6 @@ class TransformersEngine(Engine):
         return EngineStats(running=running, waiting=len(self._waiting))
 
     # -- text -------------------------------------------------------------------------------
-
-    def _require_tokenizer(self) -> ChatTokenizer:
-        if self._tokenizer is None:
-            raise EngineUnavailableError("the engine is not started")
-        return self._tokenizer
-
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no special tokens added)."""
-        return self._require_tokenizer().tokenize(text)
-
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """The model's chat template with a generation prompt."""
-        return self._require_tokenizer().render_chat(messages)
 
     # -- talking to the worker --------------------------------------------------------------
 

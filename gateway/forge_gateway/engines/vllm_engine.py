@@ -16,12 +16,12 @@ import contextlib
 import gc
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from forge_gateway.engines._common import ChatTokenizer, check_request
-from forge_gateway.engines.base import Engine, EngineOutput, EngineRequest, EngineStats, LoraSpec
+from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, check_request
+from forge_gateway.engines.base import EngineOutput, EngineRequest, EngineStats, LoraSpec
 from forge_gateway.engines.vllm_lora import IDENTITY_LORA_ID, IDENTITY_LORA_NAME, write_identity_lora
 from forge_sdk.errors import (
     EngineUnavailableError,
@@ -51,7 +51,7 @@ def _vllm_client_errors() -> tuple[tuple[type[BaseException], ...], tuple[type[B
     return (LoRAAdapterNotFoundError,), (VLLMClientError, ValueError)
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(HFTokenizerEngine):
     """One base model (plus LoRA adapters) served by vLLM's ``AsyncLLM`` in this process.
 
     Args:
@@ -112,24 +112,9 @@ class VLLMEngine(Engine):
     # -- life cycle -------------------------------------------------------------------------
 
     @property
-    def max_model_len(self) -> int:
-        """Context length: prompt plus completion tokens."""
-        return self._max_model_len
-
-    @property
-    def supports_lora(self) -> bool:
-        """True when started with ``enable_lora``."""
-        return self._enable_lora
-
-    @property
     def base_lora_workaround(self) -> bool:
         """Whether base requests go through the zero identity adapter (known after start)."""
         return self._identity is not None
-
-    @property
-    def tokenizer(self) -> Any:
-        """The Hugging Face tokenizer (after start)."""
-        return self._require_tokenizer().hf
 
     async def start(self) -> None:
         """Build the vLLM engine off the event loop; load the tokenizer; set up the LoRA workaround.
@@ -255,19 +240,6 @@ class VLLMEngine(Engine):
         return EngineStats(running=unfinished - waiting, waiting=waiting)
 
     # -- text -------------------------------------------------------------------------------
-
-    def _require_tokenizer(self) -> ChatTokenizer:
-        if self._tokenizer is None:
-            raise EngineUnavailableError("the engine is not started")
-        return self._tokenizer
-
-    def tokenize(self, text: str) -> list[int]:
-        """Token ids of ``text`` (no special tokens added)."""
-        return self._require_tokenizer().tokenize(text)
-
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """The model's chat template with a generation prompt."""
-        return self._require_tokenizer().render_chat(messages)
 
     # -- generation -------------------------------------------------------------------------
 
