@@ -1,6 +1,6 @@
 """Built-in LargeForge plugins: the keyword / neural / hybrid query classifiers and default experts."""
 
-from forge_plugins.classifiers import HybridClassifier, KeywordClassifier, NeuralClassifier
-from forge_plugins.router_model import RouterModel
+from forge_plugins.router.classifiers import HybridClassifier, KeywordClassifier, NeuralClassifier
+from forge_plugins.router.model import RouterModel
 
 __all__ = ["HybridClassifier", "KeywordClassifier", "NeuralClassifier", "RouterModel"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from forge_plugins.classifiers import HybridClassifier, KeywordClassifier, NeuralClassifier
-from forge_plugins.router_methods import RouterEvalMethod, RouterTrainMethod
+from forge_plugins.router.classifiers import HybridClassifier, KeywordClassifier, NeuralClassifier
+from forge_plugins.router.methods import RouterEvalMethod, RouterTrainMethod
 from forge_sdk import hookimpl
 
 

@@ -32,16 +32,12 @@ from collections import defaultdict
 from pathlib import Path
 
 from forge_plugins import HybridClassifier, KeywordClassifier, NeuralClassifier
-from forge_plugins.router_corpus import domain_docs
-from forge_plugins.router_embed import EmbeddingHead, embeddings_available, get_encoder
-from forge_plugins.router_generated import generated_examples
-from forge_plugins.router_training import (
-    evaluate,
-    load_chat_prompts,
-    load_code_chat,
-    load_filler,
-    train_router,
-)
+from forge_plugins.router.corpus import domain_docs
+from forge_plugins.router.data import load_chat_prompts, load_code_chat, load_filler
+from forge_plugins.router.embed import EmbeddingHead, embeddings_available, get_encoder
+from forge_plugins.router.evaluation import evaluate
+from forge_plugins.router.generated import generated_examples
+from forge_plugins.router.training import train_router
 from forge_sdk import DEFAULT_EXPERTS
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
 DATA = Path(__file__).resolve().parent / "data"
-ROUTER_TRAIN = Path(__file__).resolve().parents[3] / "shared" / "data" / "router_train.jsonl"
+SHARED_DATA = Path(os.environ.get("FORGE_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+ROUTER_TRAIN = SHARED_DATA / "router_train.jsonl"
 
 
 @pytest.fixture(scope="session")

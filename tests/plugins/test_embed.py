@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from forge_plugins import HybridClassifier, NeuralClassifier, RouterModel
-from forge_plugins.classifiers import load_router
-from forge_plugins.router_embed import HEAD_FILE, EnsembleRouter, embeddings_available
-from forge_plugins.router_methods import RouterTrainMethod
-from forge_plugins.router_model import DEFAULT_MODEL_DIR
-from forge_plugins.router_training import evaluate
+from forge_plugins.router.classifiers import load_router
+from forge_plugins.router.embed import HEAD_FILE, EnsembleRouter, embeddings_available
+from forge_plugins.router.evaluation import evaluate
+from forge_plugins.router.methods import RouterTrainMethod
+from forge_plugins.router.model import DEFAULT_MODEL_DIR
 from forge_sdk import DEFAULT_EXPERTS
 from forge_sdk.errors import ConfigurationError, ModelError
 
@@ -95,7 +95,7 @@ def test_train_with_and_without_embeddings(train_sample: Path, tmp_path: Path) -
 def test_without_the_extra_auto_falls_back_and_true_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
-    from forge_plugins import router_embed
+    from forge_plugins.router import embed as router_embed
 
     real = importlib.util.find_spec
     monkeypatch.setattr(

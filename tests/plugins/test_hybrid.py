@@ -85,7 +85,7 @@ def test_plugin_expert_with_priority_takes_over_its_specialization() -> None:
 
 
 def test_stress_set_quality(stress_set: list[tuple[str, str]]) -> None:
-    from forge_plugins.router_training import evaluate
+    from forge_plugins.router.evaluation import evaluate
 
     report = evaluate(HybridClassifier(DEFAULT_EXPERTS).classify, stress_set)
     assert report["macro_f1"] >= 0.85, report

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from forge_plugins import NeuralClassifier, RouterModel
-from forge_plugins.router_model import DEFAULT_MODEL_DIR
-from forge_plugins.router_training import evaluate
+from forge_plugins.router.evaluation import evaluate
+from forge_plugins.router.model import DEFAULT_MODEL_DIR
 from forge_sdk import DEFAULT_EXPERTS, ExpertModel
 from forge_sdk.errors import ModelError
 
@@ -101,7 +101,7 @@ def test_missing_or_corrupt_model_is_a_model_error(tmp_path: Path) -> None:
 
 
 def test_lexicon_tokens_name_the_field_of_unseen_words() -> None:
-    from forge_plugins.router_features import extract
+    from forge_plugins.router.features import extract
 
     feats = extract(
         "My Flutter app and the kubectl rollout both fail; also write a villanelle about eigenvalues"

@@ -20,13 +20,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from forge_plugins.router_features import clip
+from forge_plugins.router.features import clip
 from forge_sdk.errors import ConfigurationError, ModelError
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from forge_plugins.router_model import RouterModel
+    from forge_plugins.router.model import RouterModel
 
 __all__ = [
     "ENCODER_PACKAGE",
@@ -45,7 +45,7 @@ ENCODER_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 HEAD_FILE = "embed.npz"
 """File name of the embedding head inside a router model folder."""
 MAX_TOKENS = 256
-"""Tokens the encoder reads; :func:`forge_plugins.router_features.clip` has already cut long text."""
+"""Tokens the encoder reads; :func:`forge_plugins.router.features.clip` has already cut long text."""
 TFIDF_WEIGHT = 0.5
 """Weight of the tf-idf model in the geometric mean (the embedding head gets the rest)."""
 

@@ -8,14 +8,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from forge_plugins.router_embed import (
+from forge_plugins.router.embed import (
     HEAD_FILE,
     EmbeddingHead,
     EnsembleRouter,
     embeddings_available,
     get_encoder,
 )
-from forge_plugins.router_model import DEFAULT_MODEL_DIR, RouterModel
+from forge_plugins.router.model import DEFAULT_MODEL_DIR, RouterModel
 from forge_sdk import Classification, Classifier, ExpertModel
 from forge_sdk.errors import ConfigurationError
 

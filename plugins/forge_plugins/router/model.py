@@ -3,7 +3,7 @@
 Inference is plain numpy over weights stored in ``router.npz`` (no pickle: the vocabulary is a
 unicode array, the rest float32) plus ``router.json`` metadata, so loading is safe and needs
 neither sklearn nor a model hub. Training (sklearn, imported lazily) lives in
-:mod:`forge_plugins.router_training`.
+:mod:`forge_plugins.router.training`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from forge_plugins.router_features import extract
+from forge_plugins.router.features import extract
 from forge_sdk.errors import ModelError
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_MODEL_DIR", "FORMAT", "RouterModel"]
 
-DEFAULT_MODEL_DIR = Path(__file__).parent / "models" / "router"
+DEFAULT_MODEL_DIR = Path(__file__).parent / "shipped"
 """The model that ships inside the package (trained on ``router_train.jsonl``)."""
 FORMAT = "forge-router-linear/1"
 """Format tag written to ``router.json``; loading refuses anything else."""

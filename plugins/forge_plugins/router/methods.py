@@ -95,14 +95,9 @@ class RouterTrainMethod(TrainingMethod):
             forge_sdk.errors.DataError: a bad record (the message names file and line).
             forge_sdk.errors.ConfigurationError: a bad flag value.
         """
-        from forge_plugins.router_training import (
-            evaluate,
-            load_chat_prompts,
-            load_code_chat,
-            load_filler,
-            load_labelled,
-            train_router,
-        )
+        from forge_plugins.router.data import load_chat_prompts, load_code_chat, load_filler, load_labelled
+        from forge_plugins.router.evaluation import evaluate
+        from forge_plugins.router.training import train_router
 
         if args.c <= 0:
             raise ConfigurationError(f"--c must be positive, got {args.c}")
@@ -122,11 +117,11 @@ class RouterTrainMethod(TrainingMethod):
             turns = load_chat_prompts(args.chat_prompts, args.chat_prompts_n, seed=args.seed)
             extra += [(turn, args.chat_prompts_label) for turn in turns]
         if args.domain_docs:
-            from forge_plugins.router_corpus import domain_docs, domain_docs_versions
+            from forge_plugins.router.corpus import domain_docs, domain_docs_versions
 
             extra += domain_docs(args.domain_docs, seed=args.seed)
         if args.generated:
-            from forge_plugins.router_generated import generated_examples
+            from forge_plugins.router.generated import generated_examples
 
             extra += generated_examples(args.generated, seed=args.seed)
         model = train_router(
@@ -151,7 +146,7 @@ class RouterTrainMethod(TrainingMethod):
         if args.generated:
             model.meta["generated_per_label"] = args.generated
         if args.embeddings:
-            from forge_plugins.router_embed import ENCODER_NAME, train_head
+            from forge_plugins.router.embed import ENCODER_NAME, train_head
 
             # The head sees the examples as given (no augmentation): the encoder already
             # generalises over wording, and the code chat requests stand without their code.
@@ -162,7 +157,7 @@ class RouterTrainMethod(TrainingMethod):
         if args.embeddings:
             head.save(out)
         else:
-            from forge_plugins.router_embed import HEAD_FILE
+            from forge_plugins.router.embed import HEAD_FILE
 
             # A head left from an earlier training would be paired with the new tf-idf model.
             (out / HEAD_FILE).unlink(missing_ok=True)
@@ -199,9 +194,10 @@ class RouterEvalMethod(TrainingMethod):
             forge_sdk.errors.DataError: a bad record.
             forge_sdk.errors.ModelError: no readable model in --model.
         """
-        from forge_plugins.classifiers import load_router
-        from forge_plugins.router_model import DEFAULT_MODEL_DIR
-        from forge_plugins.router_training import evaluate, load_labelled
+        from forge_plugins.router.classifiers import load_router
+        from forge_plugins.router.data import load_labelled
+        from forge_plugins.router.evaluation import evaluate
+        from forge_plugins.router.model import DEFAULT_MODEL_DIR
 
         folder = Path(args.model) if args.model else DEFAULT_MODEL_DIR
         model = load_router(folder, "auto" if args.embeddings == "auto" else args.embeddings == "yes")
