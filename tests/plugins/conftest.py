@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 DATA = Path(__file__).resolve().parent / "data"
-SHARED_DATA = Path(os.environ.get("FORGE_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")
+SHARED_DATA = Path(
+    os.environ.get("FORGE_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data"
+)
 ROUTER_TRAIN = SHARED_DATA / "router_train.jsonl"
 
 
