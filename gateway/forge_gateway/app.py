@@ -15,6 +15,7 @@ from forge_gateway.api_openai import openai_routes
 from forge_gateway.api_sdd import sdd_routes
 from forge_gateway.config import GatewayConfig
 from forge_gateway.engines.base import Engine
+from forge_gateway.engines.vllm_parallel import vllm_parallel_options
 from forge_gateway.errors import exception_handlers
 from forge_gateway.fastpath import RemoteFastPath
 from forge_gateway.security import install_security
@@ -79,7 +80,7 @@ def engine_options(config: GatewayConfig) -> dict[str, object]:
             max_lora_rank=e.max_lora_rank,
             quantization=e.quantization,
             gpu_memory_utilization=e.gpu_memory_utilization,
-            max_num_seqs=e.max_batch_size,
+            **vllm_parallel_options(e),
         )
     if e.kind == "transformers":
         options["max_batch_size"] = e.max_batch_size

@@ -11,10 +11,13 @@ import math
 import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from forge_gateway.security.cli_keys import add_keys_parser
 from forge_sdk.errors import ConfigurationError, LargeForgeAIError
+
+if TYPE_CHECKING:
+    from forge_gateway.config import GatewayConfig
 
 __all__ = ["main"]
 
@@ -97,6 +100,7 @@ def _serve(args: argparse.Namespace) -> int:
     from forge_gateway.security import preflight
 
     preflight(config)  # no keys on a public host, unreachable Redis: one line, exit 2
+    _check_engine_layout(config)
     app = create_app(config)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -118,6 +122,21 @@ def _serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     server.run()
     return 0
+
+
+def _check_engine_layout(config: GatewayConfig) -> None:
+    """Refuse a vLLM parallel layout this machine cannot run before loading anything (one line, exit 2)."""
+    from forge_gateway.engines import vllm_available
+    from forge_gateway.engines.vllm_parallel import check_parallelism, vllm_parallel_options
+
+    e = config.engine
+    options = vllm_parallel_options(e)
+    if e.kind == "vllm" or (e.kind == "auto" and vllm_available()):
+        check_parallelism(options)
+    elif any(name.endswith("_parallel_size") for name in options):
+        raise ConfigurationError(
+            "engine.tensor/pipeline/data_parallel_size need the vLLM engine (engine.kind = 'vllm')"
+        )
 
 
 def _keys(args: argparse.Namespace) -> int:

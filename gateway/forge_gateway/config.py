@@ -52,7 +52,18 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.9
     """Fraction of GPU memory vLLM may take."""
     max_batch_size: Positive = 32
-    """Most sequences per step (transformers engine) / ``max_num_seqs`` (vLLM)."""
+    """Most sequences per step: the transformers engine's batch, and vLLM's ``max_num_seqs``."""
+    tensor_parallel_size: Positive = 1
+    """vLLM: GPUs each model's layers are split across (``tensor_parallel_size``); 1 on CPU."""
+    pipeline_parallel_size: Positive = 1
+    """vLLM: pipeline stages (groups of layers on different GPUs or nodes); 1 on CPU."""
+    data_parallel_size: Positive = 1
+    """vLLM: full copies of the engine, each on ``tensor x pipeline`` GPUs, sharing the batch."""
+    distributed_executor_backend: Literal["mp", "ray"] | None = None
+    """vLLM's worker launcher when the engine spans several GPUs: ``mp`` (processes on this
+    machine) or ``ray`` (a Ray cluster, for several nodes); None lets vLLM choose."""
+    enable_prefix_caching: bool | None = None
+    """vLLM: reuse the KV cache of shared prompt prefixes (None: vLLM's default, on in V1)."""
     standalone_start: Literal["lazy", "startup"] = "lazy"
     """When the engines of standalone (merged / quantized) experts start: on each one's first
     request (no memory held for idle experts) or with the gateway (no first-request delay)."""

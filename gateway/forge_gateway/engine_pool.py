@@ -26,6 +26,7 @@ import structlog
 
 from forge_gateway.config import GatewayConfig
 from forge_gateway.engines.base import Engine
+from forge_gateway.engines.vllm_parallel import vllm_parallel_options
 from forge_sdk.errors import EngineUnavailableError, LargeForgeAIError, ModelError
 from forge_sdk.experts import ExpertModel
 
@@ -114,7 +115,7 @@ def standalone_factory(config: GatewayConfig, kind: str) -> EngineFactory:
             options.update(
                 quantization=quantization,
                 gpu_memory_utilization=e.standalone_gpu_memory_utilization,
-                max_num_seqs=e.max_batch_size,
+                **vllm_parallel_options(e),
             )
         elif quantization is not None:
             raise ModelError(

@@ -23,6 +23,7 @@ from typing import Any
 from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, check_request
 from forge_gateway.engines.base import EngineOutput, EngineRequest, EngineStats, LoraSpec
 from forge_gateway.engines.vllm_lora import IDENTITY_LORA_ID, IDENTITY_LORA_NAME, write_identity_lora
+from forge_gateway.engines.vllm_parallel import check_parallelism
 from forge_sdk.errors import (
     EngineUnavailableError,
     InferenceError,
@@ -172,6 +173,7 @@ class VLLMEngine(HFTokenizerEngine):
         if self._enable_lora:
             kwargs.update(max_loras=self._max_loras + extra_slot, max_lora_rank=self._max_lora_rank)
         kwargs.update(self._engine_kwargs)
+        check_parallelism(kwargs)  # one-line refusal before vLLM spawns workers for an impossible layout
         try:
             args = AsyncEngineArgs(**kwargs)
             return AsyncLLM.from_engine_args(args)
