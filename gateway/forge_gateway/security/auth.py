@@ -4,6 +4,10 @@ Requests never touch SQLite: the active keys live in a dict keyed by key id. The
 when ``meta.keys_version`` changes (polled off the event loop every ``auth.refresh_interval``
 seconds), and revocations made through this process's admin API apply at once.
 
+When a refresh cannot reach the store (a PostgreSQL outage), the gateway fails closed: keyed
+requests get 503 ``key_store_unavailable`` (a revocation could be going unseen) until a refresh
+succeeds again; nothing needs a restart.
+
 "No keys configured" means: no *active* (unrevoked) key in the store. Then the gateway is open
 (dev mode) when it listens on a loopback address or ``auth.allow_open`` is set; otherwise every
 request except ``/health`` gets 401, so revoking the last key never opens a public gateway.
@@ -18,8 +22,9 @@ import ipaddress
 import anyio
 import structlog
 
-from forge_gateway.security.keys import ApiKey, KeyStore, parse_key, verify_secret
-from forge_sdk.errors import AuthenticationError
+from forge_gateway.security.keys import ApiKey, parse_key, verify_secret
+from forge_gateway.security.store import KeyBackend
+from forge_sdk.errors import AuthenticationError, OverloadedError
 
 __all__ = ["Authenticator", "is_loopback"]
 
@@ -37,7 +42,7 @@ def is_loopback(host: str) -> bool:
 
 
 class Authenticator:
-    """Verifies keys from a cached copy of a :class:`KeyStore`.
+    """Verifies keys from a cached copy of a key store (SQLite or PostgreSQL).
 
     Args:
         store: the key store.
@@ -45,19 +50,35 @@ class Authenticator:
         refresh_interval: seconds between checks for keys changed by other processes.
     """
 
-    def __init__(self, store: KeyStore, *, open_allowed: bool, refresh_interval: float = 1.0) -> None:
+    def __init__(self, store: KeyBackend, *, open_allowed: bool, refresh_interval: float = 1.0) -> None:
         self.store = store
         self.open_allowed = open_allowed
         self.refresh_interval = refresh_interval
         self._keys: dict[str, ApiKey] = {}
         self._version = -1
         self._task: asyncio.Task[None] | None = None
-        self.reload()
+        self._store_error: str | None = None
+        """Why the last refresh failed; while set, keyed requests fail closed with 503."""
+        try:
+            self.reload()
+        except Exception as exc:  # the refresh loop keeps trying; until then, fail closed
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+        if self._store_error is None:
+            log.error("key_store_unavailable", store=self.store.location, error=message)
+        self._store_error = message
+
+    @property
+    def available(self) -> bool:
+        """False while the key store cannot be reached (requests needing a key get 503)."""
+        return self._store_error is None
 
     @property
     def open(self) -> bool:
         """True when requests need no key (no active key, and open mode is allowed)."""
-        return not self._keys and self.open_allowed
+        return not self._keys and self.open_allowed and self._store_error is None
 
     @property
     def active_keys(self) -> int:
@@ -70,6 +91,9 @@ class Authenticator:
         # One assignment: request handlers see either the old or the new dict, never a mix.
         self._keys = keys
         self._version = version
+        if self._store_error is not None:
+            log.info("key_store_available", store=self.store.location, active_keys=len(keys))
+        self._store_error = None
 
     def forget(self, key_id: str) -> None:
         """Drop a key from the cache now (this process revoked it)."""
@@ -83,6 +107,12 @@ class Authenticator:
         Raises:
             AuthenticationError: missing, malformed, unknown, revoked or wrong key.
         """
+        if self._store_error is not None:
+            raise OverloadedError(
+                f"API keys cannot be checked: the key store is unavailable ({self._store_error}); retry later",
+                code="key_store_unavailable",
+                headers={"Retry-After": "1"},
+            )
         if not token:
             raise AuthenticationError(
                 "You didn't provide an API key. Send it as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'."
@@ -110,11 +140,11 @@ class Authenticator:
             await asyncio.sleep(self.refresh_interval)
             try:
                 version = await anyio.to_thread.run_sync(self.store.version)
-                if version != self._version:
+                if version != self._version or self._store_error is not None:
                     await anyio.to_thread.run_sync(self.reload)
                     log.info("api_keys_reloaded", active_keys=len(self._keys), version=version)
-            except Exception as exc:  # a locked/broken file must not kill auth; keep the last copy
-                log.warning("api_keys_reload_failed", error=str(exc))
+            except Exception as exc:  # fail closed until the store answers again; never kill the loop
+                self._fail(exc)
             if self.open != was_open:
                 was_open = self.open
                 if was_open:

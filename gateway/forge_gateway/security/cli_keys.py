@@ -1,14 +1,13 @@
-"""``forge-gateway keys create|list|revoke|usage``: manage API keys in the SQLite key store.
+"""``forge-gateway keys create|list|revoke|usage``: manage API keys in the key store.
 
-Works on the file directly (no running gateway needed); running gateways pick changes up within
-``auth.refresh_interval`` seconds.
+Works on the store directly, the SQLite file or the PostgreSQL database (no running gateway
+needed); running gateways pick changes up within ``auth.refresh_interval`` seconds.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -22,13 +21,8 @@ examples:
   forge-gateway keys list
   forge-gateway keys revoke 3f2a9c0d1b7e
   forge-gateway keys usage --since 2026-11-01
+  forge-gateway keys --db postgresql://forge:secret@db:5432/forge list
 """
-
-
-def _default_db() -> str:
-    from forge_gateway.config import AuthConfig
-
-    return os.environ.get("FORGE_AUTH_DB_PATH") or AuthConfig().db_path
 
 
 def add_keys_parser(sub: Any) -> None:
@@ -36,11 +30,15 @@ def add_keys_parser(sub: Any) -> None:
     p = sub.add_parser(
         "keys",
         help="create, list, revoke API keys and show their usage",
-        description="Manage the gateway's API keys (stored hashed in an SQLite file).",
+        description="Manage the gateway's API keys (stored hashed in SQLite or PostgreSQL).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--db", help="key store file (default: $FORGE_AUTH_DB_PATH or ./forge-gateway.db)")
+    p.add_argument(
+        "--db",
+        help="key store: an SQLite file or a postgresql:// URL (default: $FORGE_AUTH_DATABASE_URL, "
+        "else $FORGE_AUTH_DB_PATH, else ./forge-gateway.db)",
+    )
     ks = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
     create = ks.add_parser("create", help="create a key and print it (shown only this once)")
     create.add_argument("--name", required=True, help="label shown in listings and logs")
@@ -79,9 +77,10 @@ def _limit(value: int | None) -> str:
 
 def run_keys(args: argparse.Namespace) -> int:
     """Run one ``keys`` action; user errors raise LargeForgeAIError (printed by ``main``)."""
-    from forge_gateway.security.keys import KeyStore
+    from forge_gateway.config import load_auth_config
+    from forge_gateway.security.store import open_store
 
-    store = KeyStore(args.db or _default_db(), create=args.keys_command == "create")
+    store = open_store(load_auth_config(), create=args.keys_command == "create", db=args.db)
     try:
         return _ACTIONS[args.keys_command](store, args)
     finally:

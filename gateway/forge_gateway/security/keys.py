@@ -26,7 +26,20 @@ from typing import Any
 
 from forge_sdk.errors import ConfigurationError, InvalidRequestError, NotFoundError
 
-__all__ = ["MAX_LIMIT", "ApiKey", "KeyStore", "UsageRow", "hash_secret", "parse_key", "verify_secret"]
+__all__ = [
+    "KEY_COLUMNS",
+    "MAX_LIMIT",
+    "ApiKey",
+    "KeyStore",
+    "UsageRow",
+    "hash_secret",
+    "key_row",
+    "new_key",
+    "parse_key",
+    "row_to_key",
+    "usage_filter",
+    "verify_secret",
+]
 
 KEY_PREFIX = "lf"
 _ID_BYTES = 6
@@ -138,7 +151,71 @@ def parse_key(token: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def _row_to_key(row: Sequence[Any]) -> ApiKey:
+def new_key(
+    name: str,
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    models: Iterable[str] | None = None,
+    admin: bool = False,
+) -> tuple[str, ApiKey]:
+    """A fresh ``(full key, record)`` after checking the inputs (every key store creates keys here).
+
+    Raises:
+        InvalidRequestError: empty name, a limit out of range, or an empty model list.
+    """
+    if not name or not name.strip():
+        raise InvalidRequestError("key name must not be empty", param="name")
+    for label, value in (("rpm", rpm), ("tpm", tpm)):
+        if value is not None and not 1 <= value <= MAX_LIMIT:
+            raise InvalidRequestError(f"{label} must be between 1 and {MAX_LIMIT}, got {value}", param=label)
+    model_list = sorted({m.strip() for m in models if m.strip()}) if models is not None else None
+    if model_list is not None and not model_list:
+        raise InvalidRequestError("models must name at least one model or expert", param="models")
+    key_id = secrets.token_hex(_ID_BYTES)
+    secret = secrets.token_urlsafe(_SECRET_BYTES)
+    record = ApiKey(
+        id=key_id,
+        name=name.strip(),
+        secret_sha256=hash_secret(secret),
+        rpm=rpm,
+        tpm=tpm,
+        models=tuple(model_list) if model_list is not None else None,
+        admin=admin,
+        created_at=time.time(),
+    )
+    return f"{KEY_PREFIX}-{key_id}-{secret}", record
+
+
+def key_row(record: ApiKey) -> tuple[Any, ...]:
+    """The first eight ``KEY_COLUMNS`` of a new key (``revoked_at`` is NULL), models as JSON text."""
+    models = json.dumps(list(record.models)) if record.models is not None else None
+    return (
+        record.id,
+        record.name,
+        record.secret_sha256,
+        record.rpm,
+        record.tpm,
+        models,
+        record.admin,
+        record.created_at,
+    )
+
+
+def usage_filter(
+    key_id: str | None, since: str | None, until: str | None, mark: str
+) -> tuple[str, list[str]]:
+    """``(" WHERE ...", args)`` selecting usage rows by key and inclusive day range (``mark``: the
+    driver's placeholder, ``?`` or ``%s``); ``("", [])`` when nothing filters."""
+    where, args = [], []
+    for clause, value in (("key_id = ", key_id), ("day >= ", since), ("day <= ", until)):
+        if value is not None:
+            where.append(clause + mark)
+            args.append(value)
+    return (" WHERE " + " AND ".join(where) if where else ""), args
+
+
+def row_to_key(row: Sequence[Any]) -> ApiKey:
     models = json.loads(row[5]) if row[5] is not None else None
     return ApiKey(
         id=row[0],
@@ -153,7 +230,7 @@ def _row_to_key(row: Sequence[Any]) -> ApiKey:
     )
 
 
-_KEY_COLUMNS = "id, name, secret_sha256, rpm, tpm, models, admin, created_at, revoked_at"
+KEY_COLUMNS = "id, name, secret_sha256, rpm, tpm, models, admin, created_at, revoked_at"
 
 
 class KeyStore:
@@ -195,6 +272,11 @@ class KeyStore:
         return self._db
 
     @property
+    def location(self) -> str:
+        """Where the keys live, for messages and logs."""
+        return str(self.path)
+
+    @property
     def exists(self) -> bool:
         return self._conn() is not None
 
@@ -218,48 +300,18 @@ class KeyStore:
         """Create a key; returns ``(full key, record)``. The full key is never retrievable again.
 
         Raises:
-            InvalidRequestError: empty name or a non-positive limit.
+            InvalidRequestError: see :func:`new_key`.
         """
-        if not name or not name.strip():
-            raise InvalidRequestError("key name must not be empty", param="name")
-        for label, value in (("rpm", rpm), ("tpm", tpm)):
-            if value is not None and not 1 <= value <= MAX_LIMIT:
-                raise InvalidRequestError(
-                    f"{label} must be between 1 and {MAX_LIMIT}, got {value}", param=label
-                )
-        model_list = sorted({m.strip() for m in models if m.strip()}) if models is not None else None
-        if model_list is not None and not model_list:
-            raise InvalidRequestError("models must name at least one model or expert", param="models")
-        key_id = secrets.token_hex(_ID_BYTES)
-        secret = secrets.token_urlsafe(_SECRET_BYTES)
-        record = ApiKey(
-            id=key_id,
-            name=name.strip(),
-            secret_sha256=hash_secret(secret),
-            rpm=rpm,
-            tpm=tpm,
-            models=tuple(model_list) if model_list is not None else None,
-            admin=admin,
-            created_at=time.time(),
-        )
+        full, record = new_key(name, rpm=rpm, tpm=tpm, models=models, admin=admin)
         db = self._conn() or self._open()
         with self._lock, db:
             db.execute("BEGIN IMMEDIATE")
             db.execute(
-                f"INSERT INTO api_keys ({_KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                (
-                    record.id,
-                    record.name,
-                    record.secret_sha256,
-                    rpm,
-                    tpm,
-                    json.dumps(model_list) if model_list is not None else None,
-                    int(admin),
-                    record.created_at,
-                ),
+                f"INSERT INTO api_keys ({KEY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+                key_row(record),
             )
             self._bump_version(db)
-        return f"{KEY_PREFIX}-{key_id}-{secret}", record
+        return full, record
 
     def revoke(self, key_id: str) -> ApiKey:
         """Revoke a key (idempotent); returns its record.
@@ -280,14 +332,14 @@ class KeyStore:
             )
             if cur.rowcount:
                 self._bump_version(db)
-            row = db.execute(f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+            row = db.execute(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)).fetchone()
         if row is None:
             raise NotFoundError(f"no API key with id {key_id!r}", param="key_id")
-        return _row_to_key(row)
+        return row_to_key(row)
 
     def keys(self, *, include_revoked: bool = True) -> list[ApiKey]:
         """All keys, oldest first."""
-        query = f"SELECT {_KEY_COLUMNS} FROM api_keys"
+        query = f"SELECT {KEY_COLUMNS} FROM api_keys"
         if not include_revoked:
             query += " WHERE revoked_at IS NULL"
         db = self._conn()
@@ -295,7 +347,7 @@ class KeyStore:
             return []
         with self._lock:
             rows = db.execute(query + " ORDER BY created_at").fetchall()
-        return [_row_to_key(r) for r in rows]
+        return [row_to_key(r) for r in rows]
 
     def version(self) -> int:
         """Counter bumped by every key create/revoke, from any process (-1: no file yet)."""
@@ -337,14 +389,8 @@ class KeyStore:
         self, *, key_id: str | None = None, since: str | None = None, until: str | None = None
     ) -> list[UsageRow]:
         """Usage rows, filtered by key and inclusive ``YYYY-MM-DD`` day range."""
-        where, args = [], []
-        for clause, value in (("key_id = ?", key_id), ("day >= ?", since), ("day <= ?", until)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
-        query = "SELECT key_id, day, requests, prompt_tokens, completion_tokens FROM usage"
-        if where:
-            query += " WHERE " + " AND ".join(where)
+        where, args = usage_filter(key_id, since, until, "?")
+        query = "SELECT key_id, day, requests, prompt_tokens, completion_tokens FROM usage" + where
         db = self._conn()
         if db is None:
             return []

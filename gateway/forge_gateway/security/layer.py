@@ -14,11 +14,17 @@ import structlog
 from forge_gateway.security.admission import AdmissionController
 from forge_gateway.security.auth import Authenticator, is_loopback
 from forge_gateway.security.context import RequestContext, current_request
-from forge_gateway.security.keys import KeyStore
 from forge_gateway.security.ledger import UsageLedger
 from forge_gateway.security.metrics import GatewayMetrics
 from forge_gateway.security.ratelimit import Decision, MemoryBackend, RateLimitBackend, RedisBackend
-from forge_sdk.errors import ConfigurationError, OverloadedError, PermissionDeniedError, RateLimitError
+from forge_gateway.security.store import KeyBackend, open_store
+from forge_sdk.errors import (
+    ConfigurationError,
+    LargeForgeAIError,
+    OverloadedError,
+    PermissionDeniedError,
+    RateLimitError,
+)
 
 if TYPE_CHECKING:
     from litestar import Litestar
@@ -39,7 +45,7 @@ __all__ = [
 log = structlog.get_logger("forge_gateway.security")
 
 
-def check_open_listen(config: GatewayConfig, store: KeyStore) -> None:
+def check_open_listen(config: GatewayConfig, store: KeyBackend) -> None:
     """Refuse to serve a non-loopback address without keys unless ``auth.allow_open``.
 
     Raises:
@@ -49,7 +55,7 @@ def check_open_listen(config: GatewayConfig, store: KeyStore) -> None:
         return
     if not store.keys(include_revoked=False):
         raise ConfigurationError(
-            f"no API keys in {config.auth.db_path} and host {config.host} is not loopback: create one with "
+            f"no API keys in {store.location} and host {config.host} is not loopback: create one with "
             "`forge-gateway keys create --name NAME`, or pass --allow-open to serve without authentication"
         )
 
@@ -58,10 +64,15 @@ def preflight(config: GatewayConfig) -> None:
     """Checks ``forge-gateway serve`` runs before loading the model, for one-line errors.
 
     Raises:
-        ConfigurationError: open public listener without keys, or Redis unreachable.
+        ConfigurationError: open public listener without keys, or PostgreSQL / Redis unreachable.
     """
-    store = KeyStore(config.auth.db_path, create=False)
+    store = open_store(config.auth, create=False)
     try:
+        if config.auth.database_url:
+            try:  # like Redis below: an unreachable database at start is a one-line error
+                store.version()  # also applies pending schema migrations
+            except LargeForgeAIError as exc:
+                raise ConfigurationError(exc.message) from exc
         check_open_listen(config, store)
     finally:
         store.close()
@@ -86,7 +97,7 @@ class SecurityLayer:
 
     def __init__(self, config: GatewayConfig, gateway: Gateway) -> None:
         self.config = config
-        self.store = KeyStore(config.auth.db_path, create=False)
+        self.store = open_store(config.auth, create=False)
         loopback = is_loopback(config.host)
         self.authenticator = Authenticator(
             self.store,
@@ -132,7 +143,7 @@ class SecurityLayer:
             log.warning(
                 "auth_open",
                 reason="no active API keys; serving without authentication (dev mode)",
-                db_path=str(self.store.path),
+                key_store=self.store.location,
             )
 
     async def stop(self) -> None:

@@ -16,7 +16,8 @@ from collections import defaultdict
 import anyio
 import structlog
 
-from forge_gateway.security.keys import KeyStore, UsageRow
+from forge_gateway.security.keys import UsageRow
+from forge_gateway.security.store import KeyBackend
 
 __all__ = ["OPEN_KEY_ID", "UsageLedger"]
 
@@ -34,11 +35,11 @@ class UsageLedger:
     """Batched usage writer.
 
     Args:
-        store: the key store holding the ``usage`` table.
+        store: the key store holding the usage table (SQLite or PostgreSQL).
         flush_interval: seconds between batched writes.
     """
 
-    def __init__(self, store: KeyStore, *, flush_interval: float = 2.0) -> None:
+    def __init__(self, store: KeyBackend, *, flush_interval: float = 2.0) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self._pending: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])

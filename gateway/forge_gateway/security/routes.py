@@ -1,7 +1,7 @@
 """Admin API for keys and usage: ``/admin/keys`` and ``/admin/usage`` (admin key required).
 
 The middleware guards every ``/admin`` path; these handlers only do the work. Store calls run
-in a worker thread (SQLite blocks).
+in a worker thread (both key stores block).
 """
 
 from __future__ import annotations
