@@ -22,7 +22,15 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from forge_gateway.security.keys import KEY_COLUMNS, ApiKey, UsageRow, key_row, new_key, row_to_key
+from forge_gateway.security.keys import (
+    KEY_COLUMNS,
+    ApiKey,
+    UsageRow,
+    key_row,
+    new_key,
+    row_to_key,
+    usage_filter,
+)
 from forge_sdk.errors import ConfigurationError, InvalidRequestError, NotFoundError, OverloadedError
 
 __all__ = ["SCHEMA_VERSION", "PostgresKeyStore"]
@@ -260,14 +268,8 @@ class PostgresKeyStore:
     ) -> list[UsageRow]:
         if any(v is not None and "\x00" in v for v in (key_id, since, until)):
             return []  # PostgreSQL text cannot hold NUL, so no row matches (as in SQLite)
-        where, args = [], []
-        for clause, value in (("key_id = %s", key_id), ("day >= %s", since), ("day <= %s", until)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
-        query = "SELECT key_id, day, requests, prompt_tokens, completion_tokens FROM forge_usage"
-        if where:
-            query += " WHERE " + " AND ".join(where)
+        where, args = usage_filter(key_id, since, until, "%s")
+        query = "SELECT key_id, day, requests, prompt_tokens, completion_tokens FROM forge_usage" + where
         with self._tx() as conn:
             rows = conn.execute(query + " ORDER BY day, key_id", args).fetchall()
         return [UsageRow(r[0], r[1], int(r[2]), int(r[3]), int(r[4])) for r in rows]
