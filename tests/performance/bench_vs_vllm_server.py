@@ -1,0 +1,356 @@
+"""forge-gateway vs vLLM's own OpenAI server, and the transformers engine vs plain transformers.
+
+Section 1 (``vllm``/``lora``): vLLM's own server (``python -m vllm.entrypoints.openai.api_server``)
+and ``forge-gateway serve --engine vllm`` are started one after the other on the same model with
+the same engine settings (context, ``max_num_seqs``, eager mode, ``VLLM_CPU_KVCACHE_SPACE``,
+``OMP_NUM_THREADS``) and driven by the same client: streamed chat completions of ``--max-tokens``
+tokens each (``ignore_eos``), ``--requests`` per level at 1, 8 and 32 concurrent streams. Rows:
+
+* ``vllm`` section: vLLM's server vs forge ``--no-lora`` vs forge default (LoRA enabled, no adapter).
+* ``lora`` section: vLLM's server ``--enable-lora`` with one adapter vs forge with the same adapter
+  registered as an expert; base-model and adapter requests (the adapter is a PEFT LoRA with random
+  non-zero weights, made here: it costs what a trained one costs).
+
+Servers run in the order A, B, A, B... over ``--rounds`` so both see the same (shared, noisy)
+machine; the table gives each figure's median over rounds and each forge row's ratio to the vLLM
+row of the same round (median of ratios).
+
+Section 2 (``transformers``, in process): the gateway's transformers engine vs plain
+``transformers`` ``generate`` (static batches of the concurrency) and transformers' continuous
+batching ``generate_batch``, same model, same prompts, greedy, ``max_tokens`` each.
+
+    python tests/performance/bench_vs_vllm_server.py [--model DIR] [--sections vllm,lora,transformers]
+        [--rounds 1] [--requests 48] [--concurrency 1,8,32] [--max-tokens 64]
+
+Defaults: SmolLM2-135M-Instruct (``--model``, else ``$FORGE_BENCH_MODEL``), 48 requests per level
+(``--single-requests`` 8 at one stream), ``VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2``. Asserts
+nothing about speed; exits non-zero when a request fails or returns fewer tokens than asked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support import free_port
+
+TOPICS = ["rivers", "mountains", "the sea", "bread", "trains", "bees", "clocks", "winter", "music", "maps"]
+ADAPTER = "bench-adapter"
+
+
+@dataclass
+class Level:
+    """One load level's figures."""
+
+    tok_s: float
+    ttft_p50_ms: float
+
+
+@dataclass
+class Row:
+    """One table row: a server setup and a kind of request; figures per round and concurrency."""
+
+    name: str
+    ref: str | None = None  # the row this one is compared with
+    runs: dict[int, list[Level]] = field(default_factory=dict)
+
+
+def engine_env(threads: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "VLLM_CPU_KVCACHE_SPACE": "1",
+        "OMP_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "false",
+        "FORGE_LOG_LEVEL": "warning",
+    }
+
+
+@contextmanager
+def server(cmd: list[str], port: int, env: dict[str, str], cwd: str, log: Path) -> Iterator[str]:
+    """Run ``cmd`` until ``GET /v1/models`` answers 200; yield its base URL; stop it (SIGINT, then kill)."""
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            if proc.poll() is not None:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise SystemExit(f"server exited with {proc.returncode}: {' '.join(cmd)}\n{tail}")
+            try:
+                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"server did not start in 600 s: {' '.join(cmd)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+
+
+async def one_stream(http: httpx.AsyncClient, model: str, i: int, max_tokens: int) -> tuple[float, int]:
+    """One streamed chat completion: (seconds to the first content token, completion tokens)."""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": f"Request {i}: tell me about {TOPICS[i % len(TOPICS)]}."}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    t0 = time.perf_counter()
+    ttft = None
+    tokens = 0
+    async with http.stream("POST", "/v1/chat/completions", json=body) as resp:
+        if resp.status_code != 200:
+            raise SystemExit(f"HTTP {resp.status_code}: {(await resp.aread())[:500]!r}")
+        async for line in resp.aiter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if ttft is None and any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
+                ttft = time.perf_counter() - t0
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    if tokens != max_tokens or ttft is None:
+        raise SystemExit(f"request {i} on {model!r}: {tokens} tokens, ttft {ttft}")
+    return ttft, tokens
+
+
+async def drive(url: str, model: str, requests: int, concurrency: int, max_tokens: int) -> Level:
+    """``requests`` streams, ``concurrency`` at a time: output tok/s over the wall time, TTFT p50."""
+    limits = httpx.Limits(max_connections=concurrency + 4, max_keepalive_connections=concurrency + 4)
+    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as http:
+        await one_stream(http, model, 999, 4)  # warm the connection and the engine
+        sem = asyncio.Semaphore(concurrency)
+
+        async def run(i: int) -> tuple[float, int]:
+            async with sem:
+                return await one_stream(http, model, i, max_tokens)
+
+        t0 = time.perf_counter()
+        results = await asyncio.gather(*(run(i) for i in range(requests)))
+        wall = time.perf_counter() - t0
+    return Level(sum(n for _, n in results) / wall, 1000 * statistics.median(t for t, _ in results))
+
+
+def make_adapter(model: str, out: Path, rank: int = 8) -> Path:
+    """A PEFT LoRA on all projections with random non-zero weights (it costs what a trained one costs)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(model)
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(out)
+    return out
+
+
+@dataclass
+class Setup:
+    """A server to start and the rows it measures: ``{row name: model name in the request}``."""
+
+    label: str
+    cmd: list[str]
+    rows: dict[str, str]
+    levels: list[int]
+
+
+def vllm_sections(args: argparse.Namespace, work: Path) -> tuple[list[Setup], list[Row]]:
+    model = str(Path(args.model).resolve())
+    port = 0  # filled per start
+    common = ["--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs)]
+    vllm = [
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        model,
+        "--served-model-name",
+        "base",
+        "--enforce-eager",
+        "--disable-uvicorn-access-log",
+        *common,
+    ]
+    forge = [
+        sys.executable,
+        "-m",
+        "forge_gateway.cli",
+        "serve",
+        "--model",
+        model,
+        "--served-model-name",
+        "base",
+        "--engine",
+        "vllm",
+        "--max-model-len",
+        str(args.max_model_len),
+    ]
+    del port
+    levels = args.concurrency
+    lora_levels = args.lora_concurrency
+    setups: list[Setup] = []
+    rows: list[Row] = []
+    if "vllm" in args.sections:
+        setups += [
+            Setup("vllm server", vllm, {"vLLM server": "base"}, levels),
+            Setup("forge --no-lora", [*forge, "--no-lora"], {"forge --no-lora": "base"}, levels),
+            Setup("forge (LoRA on, unused)", forge, {"forge default (LoRA on, no adapter)": "base"}, levels),
+        ]
+        rows += [
+            Row("vLLM server"),
+            Row("forge --no-lora", "vLLM server"),
+            Row("forge default (LoRA on, no adapter)", "vLLM server"),
+        ]
+    if "lora" in args.sections:
+        adapter = make_adapter(model, work / ADAPTER)
+        registry = work / "experts.json"
+        from forge_sdk.experts import ExpertModel, ExpertRegistry
+
+        ExpertRegistry(registry).register(ExpertModel(name=ADAPTER, adapter_path=str(adapter)))
+        lora_flags = ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "16"]
+        setups += [
+            Setup(
+                "vllm server --enable-lora",
+                [*vllm, *lora_flags, "--lora-modules", f"{ADAPTER}={adapter}"],
+                {"vLLM --enable-lora: base": "base", "vLLM --enable-lora: adapter": ADAPTER},
+                lora_levels,
+            ),
+            Setup(
+                "forge + adapter expert",
+                [*forge, "--registry", str(registry)],
+                {"forge + adapter: base": "base", "forge + adapter: adapter": ADAPTER},
+                lora_levels,
+            ),
+        ]
+        rows += [
+            Row("vLLM --enable-lora: base"),
+            Row("vLLM --enable-lora: adapter"),
+            Row("forge + adapter: base", "vLLM --enable-lora: base"),
+            Row("forge + adapter: adapter", "vLLM --enable-lora: adapter"),
+        ]
+    return setups, rows
+
+
+def run_servers(args: argparse.Namespace, setups: list[Setup], rows: list[Row], work: Path) -> None:
+    by_name = {row.name: row for row in rows}
+    env = engine_env(args.threads)
+    for rnd in range(args.rounds):
+        order = setups if rnd % 2 == 0 else list(reversed(setups))  # A,B then B,A: no side always first
+        for setup in order:
+            port = free_port()
+            cmd = [*setup.cmd, "--port", str(port)]
+            log = work / f"{setup.label.replace(' ', '_')}-{rnd}.log"
+            print(f"# round {rnd + 1}: {setup.label}", file=sys.stderr, flush=True)
+            with server(cmd, port, env, str(work), log) as url:
+                for conc in setup.levels:
+                    for row_name, model in setup.rows.items():
+                        n = args.single_requests if conc == 1 else args.requests
+                        level = asyncio.run(drive(url, model, n, conc, args.max_tokens))
+                        by_name[row_name].runs.setdefault(conc, []).append(level)
+                        print(
+                            f"#   {row_name} @{conc}: {level.tok_s:.1f} tok/s, TTFT p50 {level.ttft_p50_ms:.0f} ms",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+
+
+def print_table(title: str, rows: list[Row], levels: list[int]) -> None:
+    by_name = {row.name: row for row in rows}
+    print(f"\n{title}")
+    head = "| setup |" + "".join(f" tok/s @{c} | TTFT p50 @{c} |" for c in levels)
+    print(head)
+    print("|---|" + "---:|---:|" * len(levels))
+    for row in rows:
+        cells = []
+        for c in levels:
+            runs = row.runs.get(c)
+            if not runs:
+                cells += ["", ""]
+                continue
+            tok = statistics.median(r.tok_s for r in runs)
+            ttft = statistics.median(r.ttft_p50_ms for r in runs)
+            ref = by_name[row.ref].runs.get(c) if row.ref else None
+            if ref:
+                tr = statistics.median(a.tok_s / b.tok_s for a, b in zip(runs, ref, strict=False))
+                lr = statistics.median(a.ttft_p50_ms / b.ttft_p50_ms for a, b in zip(runs, ref, strict=False))
+                cells += [f"{tok:.1f} ({tr:.2f}x)", f"{ttft:.0f} ms ({lr:.2f}x)"]
+            else:
+                cells += [f"{tok:.1f}", f"{ttft:.0f} ms"]
+        print(f"| {row.name} | " + " | ".join(cells) + " |")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=os.environ.get("FORGE_BENCH_MODEL"), help="model folder (Llama-like)")
+    p.add_argument("--sections", default="vllm,lora,transformers")
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--requests", type=int, default=48, help="requests per level (8 and 32 streams)")
+    p.add_argument("--single-requests", type=int, default=8, help="requests at one stream")
+    p.add_argument("--concurrency", default="1,8,32")
+    p.add_argument("--lora-concurrency", default="8")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--max-num-seqs", type=int, default=32, help="forge's default max_batch_size")
+    p.add_argument("--threads", type=int, default=2, help="OMP_NUM_THREADS of the servers")
+    args = p.parse_args()
+    if not args.model:
+        p.error("give --model DIR (or FORGE_BENCH_MODEL), e.g. SmolLM2-135M-Instruct")
+    args.sections = set(args.sections.split(","))
+    args.concurrency = [int(c) for c in args.concurrency.split(",")]
+    args.lora_concurrency = [int(c) for c in args.lora_concurrency.split(",")]
+    print(f"# load before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="bench-vs-vllm-") as tmp:
+        work = Path(tmp)
+        setups, rows = vllm_sections(args, work)
+        if setups:
+            run_servers(args, setups, rows, work)
+            print(
+                f"\nmodel {Path(args.model).name}; {args.requests} requests x {args.max_tokens} tokens "
+                f"(ignore_eos) per level ({args.single_requests} at 1 stream); max_model_len "
+                f"{args.max_model_len}, max_num_seqs {args.max_num_seqs}, eager; OMP_NUM_THREADS={args.threads} "
+                f"VLLM_CPU_KVCACHE_SPACE=1; {args.rounds} round(s); ratios vs the vLLM row of the same round; "
+                f"load avg now {os.getloadavg()[0]:.2f}"
+            )
+            base_rows = [r for r in rows if "enable-lora" not in r.name and "adapter:" not in r.name]
+            lora_rows = [r for r in rows if r not in base_rows]
+            if base_rows:
+                print_table("LoRA off / unused", base_rows, args.concurrency)
+            if lora_rows:
+                print_table("LoRA on, one adapter loaded", lora_rows, args.lora_concurrency)
+        if "transformers" in args.sections:
+            from tests.performance.bench_vs_transformers import run_transformers_section
+
+            run_transformers_section(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
