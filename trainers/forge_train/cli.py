@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc.message, 1)
     except Exception as exc:  # a library bug or an unforeseen failure: still one line, not a traceback
         return _fail(f"{type(exc).__name__}: {exc} (set FORGE_TRAIN_DEBUG=1 for the traceback)", 1)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # data-parallel run: rank 0 wrote the outputs and reports them, once
     summary = ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items()
     )
