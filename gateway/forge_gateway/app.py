@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pluggy
+import structlog
 from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
@@ -22,7 +23,9 @@ from forge_gateway.security import install_security
 from forge_gateway.state import Gateway
 from forge_sdk.plugins import get_plugin_manager
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "engine_options"]
+
+log = structlog.get_logger("forge_gateway")
 
 
 def create_app(
@@ -37,13 +40,23 @@ def create_app(
     """
     if engine is None:
         from forge_gateway.engines import create_engine
+        from forge_gateway.model_source import resolve_base_model
 
+        # A catalogue name or a GGUF file becomes a cached folder; bad paths fail here, in a second.
+        config = resolve_base_model(config)
         engine = create_engine(config.engine.kind, config.model, **engine_options(config))
     gateway = Gateway(config, engine, pm or get_plugin_manager())
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await gateway.start()
+        try:
+            await gateway.start()
+        except BaseException as exc:
+            # The CLI reports it as one line after uvicorn gives up; the traceback goes to the
+            # debug log only.
+            gateway.startup_error = exc
+            log.debug("startup failed", exc_info=exc)
+            raise
         try:
             yield
         finally:
@@ -70,10 +83,13 @@ def create_app(
 
 def engine_options(config: GatewayConfig) -> dict[str, object]:
     """Engine keyword arguments from the config's ``[engine]`` section."""
+    from forge_gateway.model_source import derive_max_model_len
+
     e = config.engine
     options: dict[str, object] = {"enable_lora": e.enable_lora, "dtype": e.dtype}
-    if e.max_model_len is not None:  # None: the engine's own default (VLLMEngine refuses None)
-        options["max_model_len"] = e.max_model_len
+    max_model_len = derive_max_model_len(config.model, e.max_model_len)
+    if max_model_len is not None:  # None: neither config nor model says; the engine derives it
+        options["max_model_len"] = max_model_len
     if e.kind in ("vllm", "auto"):
         options.update(
             max_loras=e.max_loras,

@@ -6,13 +6,18 @@ Errors the user can fix print one line ``forge-gateway: error: ...`` and exit 2;
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import json
+import logging
 import math
 import signal
+import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
+from forge_gateway.cli_models import add_models_parser
 from forge_gateway.security.cli_keys import add_keys_parser
 from forge_sdk.errors import ConfigurationError, LargeForgeAIError
 
@@ -26,6 +31,8 @@ Configuration comes from a TOML/YAML file (--config), then FORGE_* environment v
 (FORGE_MODEL, FORGE_PORT, FORGE_ENGINE_KIND, FORGE_LIMITS_MAX_CONCURRENT, ...), then these flags.
 
 examples:
+  forge-gateway serve --model smollm2-135m-instruct        (a catalogue model, pulled on first use)
+  forge-gateway serve --model ./SmolLM2-135M-Instruct.Q4_1.gguf
   forge-gateway serve --model ./tiny-model
   forge-gateway serve --model Qwen/Qwen2.5-0.5B-Instruct --engine vllm --registry experts.json
   forge-gateway serve --config gateway.toml --port 9000
@@ -42,7 +49,10 @@ def _serve_parser(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", metavar="FILE", help="TOML or YAML config file")
-    p.add_argument("--model", help="base model: local folder or hub id (required unless in config)")
+    p.add_argument(
+        "--model",
+        help="base model: a local folder, a .gguf file, a catalogue name or a hub id (required unless in config)",
+    )
     p.add_argument("--served-model-name", help="name clients use for the base model (default: folder name)")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default 8000)")
@@ -52,7 +62,11 @@ def _serve_parser(sub: Any) -> None:
         choices=["auto", "vllm", "transformers"],
         help="inference engine (default auto: vLLM if installed)",
     )
-    p.add_argument("--max-model-len", type=int, help="context length in tokens")
+    p.add_argument(
+        "--max-model-len",
+        type=int,
+        help="context length in tokens (default: the model's own, at most 4096)",
+    )
     p.add_argument("--quantization", help="checkpoint quantization passed to vLLM (awq, gptq, ...)")
     p.add_argument("--no-lora", action="store_true", default=None, help="disable LoRA adapter experts")
     p.add_argument("--registry", metavar="FILE", help="expert registry JSON (watched for changes)")
@@ -101,26 +115,41 @@ def _serve(args: argparse.Namespace) -> int:
 
     preflight(config)  # no keys on a public host, unreachable Redis: one line, exit 2
     _check_engine_layout(config)
-    app = create_app(config)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level=config.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=math.ceil(config.limits.shutdown_grace),
-            lifespan="on",
-            log_config=None,
+    # Bind before the engine loads: a busy port fails in a second, not after a minute of loading.
+    sock = _bind(config.host, config.port)
+    try:
+        app = create_app(config)
+        gateway = app.state.gateway
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app,
+                host=config.host,
+                port=config.port,
+                log_level=config.log_level,
+                access_log=False,
+                timeout_graceful_shutdown=math.ceil(config.limits.shutdown_grace),
+                lifespan="on",
+                log_config=None,
+            )
         )
-    )
-    print(
-        f"forge-gateway: serving {config.model_name} on http://{config.host}:{config.port}", file=sys.stderr
-    )
-    # uvicorn re-raises a captured SIGTERM after its graceful shutdown; a no-op handler makes
-    # that a clean exit 0 (drained, ledger flushed) instead of death by signal.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    server.run()
+        port = sock.getsockname()[1]
+        print(
+            f"forge-gateway: starting {gateway.config.model_name} on http://{config.host}:{port}",
+            file=sys.stderr,
+        )
+        # uvicorn re-raises a captured SIGTERM after its graceful shutdown; a no-op handler makes
+        # that a clean exit 0 (drained, ledger flushed) instead of death by signal.
+        signal.signal(signal.SIGTERM, lambda signum, frame: None)
+        with _quiet_startup_traceback(gateway):
+            try:
+                server.run(sockets=[sock])
+            except SystemExit:  # uvicorn's exit(3) after a failed lifespan start-up
+                if gateway.startup_error is None:
+                    raise
+    finally:
+        sock.close()
+    if gateway.startup_error is not None:
+        raise _startup_failure(gateway.startup_error)
     return 0
 
 
@@ -137,6 +166,55 @@ def _check_engine_layout(config: GatewayConfig) -> None:
         raise ConfigurationError(
             "engine.tensor/pipeline/data_parallel_size need the vLLM engine (engine.kind = 'vllm')"
         )
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigurationError(
+                f"port {port} on {host} is already in use (another server?): pass --port N "
+                "(port in config, FORGE_PORT), or stop the other process"
+            ) from exc
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (--host / --port)"
+        ) from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.contextmanager
+def _quiet_startup_traceback(gateway: Any) -> Iterator[None]:
+    """Drop uvicorn's error records of a failed start-up; the CLI prints one line instead (the
+    traceback is in the debug log)."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return gateway.startup_error is None or record.levelno < logging.ERROR
+
+    log = logging.getLogger("uvicorn.error")
+    log.addFilter(keep)
+    try:
+        yield
+    finally:
+        log.removeFilter(keep)
+
+
+def _startup_failure(exc: BaseException) -> LargeForgeAIError:
+    if isinstance(exc, LargeForgeAIError):
+        return exc
+    if isinstance(exc, MemoryError):
+        return LargeForgeAIError(
+            "out of memory while starting the engine: lower --max-model-len or use a smaller model"
+        )
+    return LargeForgeAIError(
+        f"the gateway failed to start: {type(exc).__name__}: {exc} (--log-level debug shows the traceback)"
+    )
 
 
 def _keys(args: argparse.Namespace) -> int:
@@ -165,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _serve_parser(sub)
     add_keys_parser(sub)
+    add_models_parser(sub)
     sub.add_parser("plugins", help="list installed forge plugins (JSON)")
     tiny = sub.add_parser("tiny-model", help="build a tiny random chat model for offline tests and demos")
     tiny.add_argument("output", help="folder to write")
@@ -172,7 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_COMMANDS = {"serve": _serve, "keys": _keys, "plugins": _plugins, "tiny-model": _tiny_model}
+def _models(args: argparse.Namespace) -> int:
+    from forge_gateway.cli_models import run_models
+
+    return run_models(args)
+
+
+_COMMANDS = {
+    "serve": _serve,
+    "keys": _keys,
+    "models": _models,
+    "plugins": _plugins,
+    "tiny-model": _tiny_model,
+}
+
+
+def _one_line(message: str, limit: int = 600) -> str:
+    # Library messages (vLLM's especially) span lines and screens; the CLI promise is one line.
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -182,10 +279,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _COMMANDS[args.command](args)
     except ConfigurationError as exc:
-        print(f"forge-gateway: error: {exc.message}", file=sys.stderr)
+        print(f"forge-gateway: error: {_one_line(exc.message)}", file=sys.stderr)
         return 2
     except LargeForgeAIError as exc:
-        print(f"forge-gateway: error: {exc.message}", file=sys.stderr)
+        print(f"forge-gateway: error: {_one_line(exc.message)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -101,6 +101,7 @@ def standalone_factory(config: GatewayConfig, kind: str) -> EngineFactory:
 
     def build(expert: ExpertModel) -> Engine:
         from forge_gateway.engines import create_engine
+        from forge_gateway.model_source import derive_max_model_len
 
         quantization = engine_quantization(expert)
         dtype = e.dtype
@@ -109,8 +110,11 @@ def standalone_factory(config: GatewayConfig, kind: str) -> EngineFactory:
             # only: a float32 gateway (exact-match tests) would kill the engine at its first batch.
             dtype = "auto"
         options: dict[str, Any] = {"dtype": dtype, "enable_lora": False}
-        if e.max_model_len is not None:
-            options["max_model_len"] = e.max_model_len
+        path = str(Path(str(expert.model_path)).expanduser())
+        # The base's setting, capped to what this expert's checkpoint allows.
+        max_model_len = derive_max_model_len(path, e.max_model_len, strict=False)
+        if max_model_len is not None:
+            options["max_model_len"] = max_model_len
         if kind == "vllm":
             options.update(
                 quantization=quantization,
@@ -124,7 +128,7 @@ def standalone_factory(config: GatewayConfig, kind: str) -> EngineFactory:
             )
         else:
             options["max_batch_size"] = e.max_batch_size
-        return create_engine(kind, str(Path(str(expert.model_path)).expanduser()), **options)  # type: ignore[arg-type]
+        return create_engine(kind, path, **options)  # type: ignore[arg-type]
 
     return build
 

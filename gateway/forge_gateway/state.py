@@ -52,6 +52,8 @@ class Gateway:
         self.engine = engine
         self.pm = pm
         self.started_at = time.time()
+        self.startup_error: BaseException | None = None
+        """What made :meth:`start` fail, for the CLI to report as one line."""
         self.usage_listeners: list[UsageListener] = []
         plugin_experts = list(collect(pm, "register_experts", key=lambda e: e.name).values())
         self.catalog = ExpertCatalog(

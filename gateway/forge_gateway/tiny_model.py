@@ -8,6 +8,7 @@ head_dim is 32 (hidden 128, 4 heads) because vLLM's CPU attention needs head_dim
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 __all__ = ["CHAT_TEMPLATE", "build_tiny_model"]
 
@@ -52,8 +53,9 @@ def build_tiny_model(
     max_position_embeddings: int = 2048,
     seed: int = 0,
     training_text: str | None = None,
+    architecture: Literal["qwen2", "llama"] = "qwen2",
 ) -> Path:
-    """Write a random-init Qwen2 causal LM with a byte-level BPE tokenizer to ``output``.
+    """Write a random-init Qwen2 (or Llama) causal LM with a byte-level BPE tokenizer to ``output``.
 
     Args:
         output: folder to create (overwritten files inside).
@@ -66,13 +68,20 @@ def build_tiny_model(
         max_position_embeddings: context length.
         seed: torch seed for the weights, so the same arguments give the same model.
         training_text: extra text to train the tokenizer on.
+        architecture: ``qwen2`` (biased q/k/v projections) or ``llama``.
 
     Returns:
         The output folder.
     """
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +110,10 @@ def build_tiny_model(
     hf_tok.save_pretrained(out)
 
     torch.manual_seed(seed)
-    config = Qwen2Config(
+    config_cls, model_cls = (
+        (LlamaConfig, LlamaForCausalLM) if architecture == "llama" else (Qwen2Config, Qwen2ForCausalLM)
+    )
+    config = config_cls(
         vocab_size=len(hf_tok),
         hidden_size=hidden_size,
         intermediate_size=intermediate_size,
@@ -117,7 +129,7 @@ def build_tiny_model(
         # noise between engines could flip.
         initializer_range=0.2,
     )
-    model = Qwen2ForCausalLM(config)
+    model = model_cls(config)
     model.generation_config.eos_token_id = config.eos_token_id
     model.generation_config.pad_token_id = config.pad_token_id
     model.save_pretrained(out)

