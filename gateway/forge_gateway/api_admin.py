@@ -1,7 +1,7 @@
 """Admin API: register and remove experts, load and unload adapters, without a restart.
 
-Every route lives under ``/admin/`` so the security layer's middleware can demand an admin key
-for all of them; nothing here checks keys itself. Changes go through the expert catalog, so
+Every route declares ``opt=ADMIN``: the security layer's route authority demands an admin key
+for it, whatever path spelling reached it; nothing here checks keys itself. Changes go through the expert catalog, so
 they are saved to the registry file (when there is one) and survive a restart.
 """
 
@@ -10,10 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 from litestar import Request, Response, delete, post
 
+from forge_gateway.endpoints import check_endpoint
 from forge_gateway.routing import ExpertCatalog
+from forge_gateway.security.policy import ADMIN
 from forge_gateway.state import Gateway
 from forge_sdk.errors import InvalidRequestError, ModelError, ModelNotFoundError
 from forge_sdk.experts import ExpertModel
@@ -81,8 +84,13 @@ def _validate(gateway: Gateway, expert: ExpertModel) -> None:
         raise InvalidRequestError(
             "give at most one of adapter_path, endpoint and model_path", param="adapter_path"
         )
-    if expert.endpoint and not expert.endpoint.startswith(("http://", "https://")):
-        raise InvalidRequestError("endpoint must be an http:// or https:// URL", param="endpoint")
+    router = gateway.config.router
+    if expert.api_key_env and not expert.api_key_env.startswith(router.upstream_key_env_prefix):
+        raise InvalidRequestError(
+            f"api_key_env must name a variable starting with {router.upstream_key_env_prefix!r} "
+            "(router.upstream_key_env_prefix): the gateway sends no other environment variable upstream",
+            param="api_key_env",
+        )
     if expert.kind == "adapter":
         if not catalog.lora_enabled:
             raise InvalidRequestError(
@@ -102,7 +110,7 @@ def _validate(gateway: Gateway, expert: ExpertModel) -> None:
             )
 
 
-@post("/admin/experts", status_code=201)
+@post("/admin/experts", status_code=201, opt=ADMIN)
 async def register_expert(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes]:
     """Register (or replace) an expert from an ``ExpertModel`` JSON body.
 
@@ -111,6 +119,15 @@ async def register_expert(request: Request[Any, Any, Any], gateway: Gateway) -> 
     """
     expert = _decode_expert(await request.body())
     _validate(gateway, expert)
+    if expert.endpoint:
+        router = gateway.config.router
+        await anyio.to_thread.run_sync(
+            lambda: check_endpoint(
+                str(expert.endpoint),
+                allow_hosts=router.upstream_allow_hosts,
+                allow_link_local=router.upstream_allow_link_local,
+            )
+        )
     if expert.kind == "adapter":
         await _load(gateway, expert)
     replaced = expert.name in gateway.catalog.experts
@@ -128,7 +145,7 @@ def _expert(gateway: Gateway, name: str) -> ExpertModel:
     return expert
 
 
-@delete("/admin/experts/{name:str}", status_code=200)
+@delete("/admin/experts/{name:str}", status_code=200, opt=ADMIN)
 async def unregister_expert(name: str, gateway: Gateway) -> Response[bytes]:
     """Remove an expert; its adapter, if any, is unloaded from the engine."""
     expert = _expert(gateway, name)
@@ -153,7 +170,7 @@ def _adapter_expert(gateway: Gateway, name: str) -> ExpertModel:
     return expert
 
 
-@post("/admin/adapters/{name:str}/load", status_code=200)
+@post("/admin/adapters/{name:str}/load", status_code=200, opt=ADMIN)
 async def load_adapter(name: str, gateway: Gateway) -> Response[bytes]:
     """Load a registered adapter expert into the engine now (no first-request delay)."""
     expert = _adapter_expert(gateway, name)
@@ -162,7 +179,7 @@ async def load_adapter(name: str, gateway: Gateway) -> Response[bytes]:
     return _json({"expert": name, "loaded": True})
 
 
-@post("/admin/adapters/{name:str}/unload", status_code=200)
+@post("/admin/adapters/{name:str}/unload", status_code=200, opt=ADMIN)
 async def unload_adapter(name: str, gateway: Gateway) -> Response[bytes]:
     """Free an adapter's engine memory; the next request for it loads it again."""
     _adapter_expert(gateway, name)

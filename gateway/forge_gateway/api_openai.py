@@ -24,8 +24,9 @@ from forge_gateway.generation import (
     run_to_completion,
     stream_outputs,
 )
-from forge_gateway.routing import RESOLVED_TARGET, Target
+from forge_gateway.routing import RESOLVED_TARGET, Target, route_headers
 from forge_gateway.security import admit, estimate_remote_tokens
+from forge_gateway.security.policy import generation
 from forge_gateway.state import Gateway
 from forge_sdk.errors import LargeForgeAIError
 from forge_sdk.types import (
@@ -63,13 +64,6 @@ def decode_body(raw: bytes, type_: type[Any]) -> Any:
         return msgspec.json.decode(raw, type=type_)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise validation_error(exc) from exc
-
-
-def route_headers(target: Target) -> dict[str, str]:
-    headers = {"x-forge-expert": target.expert_name, "x-forge-route-reason": target.reason}
-    if target.confidence is not None:
-        headers["x-forge-route-confidence"] = f"{target.confidence:.3f}"
-    return headers
 
 
 def _last_user_text(messages: list[ChatMessage]) -> str:
@@ -148,7 +142,7 @@ async def _stream_chat(
     yield _SSE_DONE
 
 
-@post("/v1/chat/completions", status_code=200)
+@post("/v1/chat/completions", status_code=200, opt=generation("chat/completions"))
 async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes] | Stream:
     """OpenAI chat completions, streaming (SSE) or not."""
     req: ChatCompletionRequest = decode_body(await request.body(), ChatCompletionRequest)
@@ -246,7 +240,7 @@ async def _stream_completion(
     yield _SSE_DONE
 
 
-@post("/v1/completions", status_code=200)
+@post("/v1/completions", status_code=200, opt=generation("completions"))
 async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes] | Stream:
     """OpenAI (legacy) text completions."""
     req: CompletionRequest = decode_body(await request.body(), CompletionRequest)

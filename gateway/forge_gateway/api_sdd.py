@@ -12,10 +12,11 @@ from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
 from forge_gateway.api_admin import expert_entry
-from forge_gateway.api_openai import decode_body, route_headers
+from forge_gateway.api_openai import decode_body
 from forge_gateway.generation import plan_generation, run_to_completion
-from forge_gateway.routing import Target
+from forge_gateway.routing import Target, route_headers
 from forge_gateway.security import admit, estimate_remote_tokens
+from forge_gateway.security.policy import PUBLIC, generation
 from forge_gateway.state import Gateway
 from forge_sdk.errors import ExpertUnavailableError, InvalidRequestError, UpstreamError
 from forge_sdk.types import GenerateRequest, GenerateResponse, RouteDecision, message_text
@@ -49,7 +50,7 @@ def _json(obj: Any, headers: dict[str, str] | None = None, status: int = 200) ->
     return Response(_encode(obj), media_type="application/json", headers=headers or {}, status_code=status)
 
 
-@get("/health")
+@get("/health", opt=PUBLIC)
 async def health(gateway: Gateway) -> Response[bytes]:
     """``{"status": "healthy"}`` when the engine serves, 503 ``unhealthy`` otherwise."""
     engine = await gateway.engine.health()
@@ -143,7 +144,7 @@ async def _generate_remote(
     return _json(GenerateResponse(text=text, expert=target.expert_name, tokens_used=tokens), headers), target
 
 
-@post("/generate", status_code=200)
+@post("/generate", status_code=200, opt=generation())
 async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes]:
     """Generate with automatic routing (or the ``expert`` given), SDD §7.1 shapes."""
     req: GenerateRequest = decode_body(await request.body(), GenerateRequest)

@@ -20,6 +20,7 @@ from forge_gateway.engines.vllm_parallel import vllm_parallel_options
 from forge_gateway.errors import exception_handlers
 from forge_gateway.fastpath import RemoteFastPath
 from forge_gateway.security import install_security
+from forge_gateway.security.policy import route_guard
 from forge_gateway.state import Gateway
 from forge_sdk.plugins import get_plugin_manager
 
@@ -66,6 +67,9 @@ def create_app(
         route_handlers=[*openai_routes, *sdd_routes, *admin_routes],
         dependencies={"gateway": Provide(lambda: gateway, use_cache=True, sync_to_thread=False)},
         exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        # Each route's scope (public / key / admin) lives in its ``opt``; the guard enforces it on
+        # the handler Litestar matched (the middleware already did on the same lookup).
+        guards=[route_guard],
         lifespan=[lifespan],
         request_max_body_size=config.limits.max_body_bytes,
         openapi_config=OpenAPIConfig(title="LargeForge gateway", version="0.1.0", path="/openapi"),

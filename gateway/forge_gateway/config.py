@@ -88,6 +88,15 @@ class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Consecutive failed requests after which a remote expert cools down."""
     cooldown_s: Annotated[float, Meta(ge=0)] = 30.0
     """How long a failing remote expert is skipped (its requests fall back), seconds."""
+    upstream_key_env_prefix: Annotated[str, Meta(min_length=1)] = "FORGE_UPSTREAM_KEY_"
+    """A remote expert's ``api_key_env`` must start with this prefix, so an admin cannot make
+    the gateway send an unrelated secret (``AWS_SECRET_ACCESS_KEY``) to an endpoint."""
+    upstream_allow_hosts: list[str] = field(default_factory=list)
+    """Hosts remote expert endpoints may name (empty: any host except link-local and cloud
+    metadata addresses). Entries are exact host names or IP addresses."""
+    upstream_allow_link_local: bool = False
+    """Allow endpoints on link-local / cloud-metadata addresses (169.254.0.0/16, fe80::/10,
+    fd00:ec2::254); off by default because they hand out cloud credentials."""
 
 
 class LimitsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
@@ -111,6 +120,9 @@ class LimitsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Seconds a request may wait in the admission queue before a 503 ``overloaded``."""
     shutdown_grace: Annotated[float, Meta(ge=0)] = 30.0
     """On SIGTERM, seconds in-flight requests (streams too) may take to finish before they are cut."""
+    body_timeout: Annotated[float, Meta(gt=0)] = 30.0
+    """Seconds a client may take to send a generation request's whole body (408 after); the
+    concurrency slot is only taken once the body is in, so slow uploads cannot hold slots."""
 
 
 class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):

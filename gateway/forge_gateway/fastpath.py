@@ -3,9 +3,11 @@
 Proxying is the gateway's cheapest job, so the framework's per-request machinery (routing,
 dependency injection, signature parsing, response objects) was most of its cost: measured at
 about 3x the CPU of a bare ASGI proxy on the same upstream client. This layer sits inside the
-security middleware (keys, rate limits, metrics, access log still apply) and in front of
-Litestar. For ``POST /v1/chat/completions`` and ``/v1/completions`` it decodes the body once,
-resolves the target and, when that is a remote expert, proxies the request itself.
+security middleware (keys, rate limits, admission, metrics, access log still apply) and in front
+of Litestar. For the routes that declare an upstream path (``POST /v1/chat/completions`` and
+``/v1/completions``, however the path is spelled: the security layer's route authority decided)
+it decodes the body once, resolves the target and, when that is a remote expert, proxies the
+request itself.
 
 Everything else goes on to Litestar unchanged, with the body replayed: local experts, bodies
 that fail validation or name no model (Litestar renders those errors), and fallbacks. A request
@@ -23,6 +25,7 @@ import msgspec
 import structlog
 
 from forge_gateway.routing import RESOLVED_TARGET, Target
+from forge_gateway.security.policy import POLICY_SCOPE_KEY
 from forge_gateway.state import Gateway
 from forge_sdk.errors import ExpertUnavailableError, LargeForgeAIError, UpstreamError
 from forge_sdk.types import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse, message_text
@@ -32,11 +35,11 @@ __all__ = ["RemoteFastPath"]
 log = structlog.get_logger("forge_gateway.fastpath")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
-_ROUTES: dict[str, tuple[type[Any], str]] = {
-    "/v1/chat/completions": (ChatCompletionRequest, "chat/completions"),
-    "/v1/completions": (CompletionRequest, "completions"),
+_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    "chat/completions": msgspec.json.Decoder(ChatCompletionRequest),
+    "completions": msgspec.json.Decoder(CompletionRequest),
 }
-_decoders = {path: msgspec.json.Decoder(type_) for path, (type_, _) in _ROUTES.items()}
+"""Request type per upstream path (the ``forge_upstream`` a route declares in its ``opt``)."""
 _encode = msgspec.json.Encoder().encode
 _FALLBACK_WHY = {ExpertUnavailableError: "cooldown", UpstreamError: "error"}
 
@@ -88,8 +91,11 @@ class RemoteFastPath:
         self.gateway = gateway
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        route = _ROUTES.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
-        if route is None:
+        # Which route this is was decided once, by the security layer's route authority, on the
+        # router's own normalised path; a request it did not see goes to Litestar (and its guard).
+        policy = scope.get(POLICY_SCOPE_KEY) if scope["type"] == "http" else None
+        upstream_path = policy.upstream_path if policy is not None and scope["method"] == "POST" else None
+        if upstream_path is None:
             await self.app(scope, receive, send)
             return
         body, too_big = await _read_body(receive, self.gateway.config.limits.max_body_bytes)
@@ -97,7 +103,7 @@ class RemoteFastPath:
             await self.app(scope, _replay(body, receive, more=True), send)
             return
         try:
-            request = _decoders[scope["path"]].decode(body)
+            request = _decoders[upstream_path].decode(body)
             target = await self.gateway.catalog.aresolve(request.model, lambda: _query_text(request))
         except (msgspec.DecodeError, LargeForgeAIError):
             target = None  # Litestar renders the error
@@ -114,7 +120,7 @@ class RemoteFastPath:
             await send(message)
 
         try:
-            await self._proxy(scope, receive, tracked, request, body, target, route[1])
+            await self._proxy(scope, receive, tracked, request, body, target, upstream_path)
         except LargeForgeAIError as exc:
             if started:
                 raise

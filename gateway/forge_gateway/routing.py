@@ -22,7 +22,7 @@ from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, ModelNotFoundError
 from forge_sdk.experts import ExpertModel, ExpertRegistry
 
-__all__ = ["AUTO", "RESOLVED_TARGET", "ExpertCatalog", "Target"]
+__all__ = ["AUTO", "RESOLVED_TARGET", "ExpertCatalog", "Target", "route_headers"]
 
 AUTO = "auto"
 RESOLVED_TARGET = "forge.resolved_target"
@@ -46,6 +46,14 @@ class Target:
     @property
     def expert_name(self) -> str:
         return self.expert.name if self.expert else self.model
+
+
+def route_headers(target: Target) -> dict[str, str]:
+    """Response headers that say which expert served a request and why."""
+    headers = {"x-forge-expert": target.expert_name, "x-forge-route-reason": target.reason}
+    if target.confidence is not None:
+        headers["x-forge-route-confidence"] = f"{target.confidence:.3f}"
+    return headers
 
 
 class ExpertCatalog:

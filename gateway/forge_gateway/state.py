@@ -79,6 +79,7 @@ class Gateway:
             failure_threshold=router.failure_threshold,
             cooldown_s=router.cooldown_s,
             retry_base_delay=router.retry_base_delay,
+            allow_link_local=router.upstream_allow_link_local,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._loaded_loras: set[int] = set()
@@ -211,6 +212,15 @@ class Gateway:
             return await asyncio.wait_for(awaitable, timeout)
         except asyncio.TimeoutError as exc:
             raise RequestTimeoutError(f"request took longer than {timeout:g} s") from exc
+
+    def engine_load(self) -> tuple[int, int]:
+        """Sequences running and waiting on the base engine plus every running standalone engine."""
+        stats = [self.engine.stats()]
+        for name, expert in list(self.catalog.experts.items()):
+            engine = self.standalone.running(name) if expert.kind == "standalone" else None
+            if engine is not None:
+                stats.append(engine.stats())
+        return sum(s.running for s in stats), sum(s.waiting for s in stats)
 
     def record_usage(self, target: Target, prompt_tokens: int, completion_tokens: int, engine: str) -> None:
         """Tell listeners (metrics, ledger, rate limiter) what a request consumed."""

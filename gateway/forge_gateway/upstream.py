@@ -26,6 +26,8 @@ import structlog
 from litestar import Response
 from litestar.response import Stream
 
+from forge_gateway.endpoints import join_endpoint
+from forge_gateway.routing import route_headers
 from forge_gateway.upstream_http import HttpPool, UpstreamConnectError, UpstreamDisconnectedError, header
 from forge_sdk.errors import ExpertUnavailableError, UpstreamError, UpstreamTimeoutError
 from forge_sdk.retry import RetryPolicy
@@ -91,6 +93,7 @@ class UpstreamPool:
         failure_threshold: consecutive failed requests before a cooldown.
         cooldown_s: how long a failing expert is skipped.
         retry_base_delay: first backoff delay, seconds (SDD §9.3: 1.0).
+        allow_link_local: allow connections to link-local / cloud-metadata addresses.
     """
 
     def __init__(
@@ -100,7 +103,9 @@ class UpstreamPool:
         failure_threshold: int = 3,
         cooldown_s: float = 30.0,
         retry_base_delay: float = 1.0,
+        allow_link_local: bool = False,
     ) -> None:
+        self.allow_link_local = allow_link_local
         self.default_expert = default_expert
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
@@ -116,7 +121,7 @@ class UpstreamPool:
 
     async def start(self) -> None:
         """Open the shared connection pool."""
-        self._http = HttpPool()
+        self._http = HttpPool(allow_link_local=self.allow_link_local)
 
     async def stop(self) -> None:
         """Close every pooled connection."""
@@ -175,7 +180,7 @@ class UpstreamPool:
         state.requests += 1
         if not state.available(time.monotonic()):
             raise ExpertUnavailableError(f"expert {expert.name!r} is cooling down after repeated failures")
-        url = f"{expert.endpoint.rstrip('/')}/{path}"
+        url = join_endpoint(expert.endpoint, path)
         headers = _JSON_HEADER
         if expert.api_key_env and (key := os.environ.get(expert.api_key_env)):
             headers += b"authorization: Bearer %s\r\n" % key.encode("latin-1")
@@ -231,19 +236,13 @@ class UpstreamPool:
         assert expert is not None
         body = _encode(msgspec.structs.replace(request, model=expert.upstream_model or expert.name))
         reply = await self.call(target, body, path, stream=bool(request.stream))
-        headers = _route_headers(target)
+        headers = route_headers(target)
         if reply.stream is None:
             return Response(
                 reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
             )
         headers["cache-control"] = "no-cache"
         return Stream(reply.stream, status_code=reply.status, media_type="text/event-stream", headers=headers)
-
-
-def _route_headers(target: Target) -> dict[str, str]:
-    from forge_gateway.api_openai import route_headers
-
-    return route_headers(target)
 
 
 def _describe(exc: BaseException) -> str:

@@ -16,6 +16,8 @@ import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+from forge_gateway.endpoints import forbidden_address
+
 __all__ = ["HttpPool", "UpstreamConnectError", "UpstreamDisconnectedError", "header"]
 
 _HIGH_WATER = 256 * 1024  # buffered stream bytes above which the socket stops being read
@@ -146,7 +148,8 @@ class _Conn(asyncio.Protocol):
 class HttpPool:
     """Keep-alive connections to upstream origins, reused across requests."""
 
-    def __init__(self, max_idle_per_origin: int = 256) -> None:
+    def __init__(self, max_idle_per_origin: int = 256, *, allow_link_local: bool = False) -> None:
+        self._allow_link_local = allow_link_local
         self._idle: dict[tuple[str, str, int], list[_Conn]] = {}
         self._max_idle = max_idle_per_origin
         self._ssl: ssl.SSLContext | None = None
@@ -169,7 +172,9 @@ class HttpPool:
             path = parts.path or "/"
             if parts.query:
                 path += "?" + parts.query
-            host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
+            name = parts.hostname or ""
+            name = f"[{name}]" if ":" in name else name  # an IPv6 literal keeps its brackets
+            host = name if parts.port is None else f"{name}:{parts.port}"
             head = f"POST {path} HTTP/1.1\r\nhost: {host}\r\n".encode("latin-1")
             cached = self._targets[url] = (origin, head)
         return cached
@@ -193,6 +198,13 @@ class HttpPool:
             raise
         except OSError as exc:
             raise UpstreamConnectError(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from exc
+        if not self._allow_link_local:
+            # Checked on the address actually connected to: a DNS name can change its answer.
+            peer = conn.transport.get_extra_info("peername") if conn.transport else None
+            why = forbidden_address(str(peer[0])) if peer else None
+            if why is not None:
+                conn.abort()
+                raise UpstreamConnectError(f"refusing to talk to {host}:{port}: {why}")
         return conn
 
     def _release(self, origin: tuple[str, str, int], conn: _Conn) -> None:

@@ -51,9 +51,11 @@ __all__ = [
     "PayloadTooLargeError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RequestBodyTimeoutError",
     "RequestTimeoutError",
     "RouterError",
     "TrainingError",
+    "UnsupportedMediaTypeError",
     "UpstreamError",
     "UpstreamTimeoutError",
 ]
@@ -203,6 +205,20 @@ class PayloadTooLargeError(APIError):
 
     status_code = 413
     code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(APIError):
+    """The request body is not in a media type the endpoint accepts (e.g. not JSON)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
+class RequestBodyTimeoutError(APIError):
+    """The client did not send its whole request body in time (slow upload)."""
+
+    status_code = 408
+    code = "request_body_timeout"
 
 
 class RateLimitError(APIError):

@@ -1,8 +1,10 @@
 """Expert models and the on-disk expert registry (SDD §5.5, §6.1.2).
 
 The registry file is JSON ``{"experts": [...]}``. Writes are atomic (temp file in the same
-folder, fsync, ``os.replace``) so a crash never leaves a half-written registry; a running gateway
-watches the file's mtime and picks changes up without a restart.
+folder, fsync, ``os.replace``, fsync of the folder, the file's mode kept) so a crash never leaves a
+half-written registry; each change re-reads the file under a cross-process lock (``flock`` on
+``<file>.lock``), so two ``forge-train --register`` runs and the admin API at once lose nothing.
+A running gateway watches the file's mtime and picks changes up without a restart.
 
 An expert is served one of three ways, decided by its fields:
 
@@ -15,10 +17,13 @@ An expert is served one of three ways, decided by its fields:
 from __future__ import annotations
 
 import builtins
+import contextlib
+import fcntl
 import os
 import re
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,7 +39,9 @@ __all__ = [
     "create_default_registry",
 ]
 
-_NAME = Annotated[str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")]
+# \A...\Z, not ^...$: "$" also matches before a trailing newline, which would let "x\n" through
+# into response headers (x-forge-expert).
+_NAME = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")]
 
 
 class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -193,11 +200,13 @@ class ExpertRegistry:
             self.load()
 
     def register(self, expert: ExpertModel, *, save: bool = True) -> None:
-        """Add or replace an expert (saved when the registry has a file)."""
-        with self._lock:
+        """Add or replace an expert (saved when the registry has a file).
+
+        With a file, the change is applied to the file's current content under its lock, so
+        changes other processes made meanwhile are kept.
+        """
+        with self._lock, self._file_change(save):
             self.experts[expert.name] = expert
-            if save and self.config_path:
-                self.save()
 
     def unregister(self, name: str, *, save: bool = True) -> None:
         """Remove an expert.
@@ -205,12 +214,28 @@ class ExpertRegistry:
         Raises:
             KeyError: no expert of that name.
         """
-        with self._lock:
+        with self._lock, self._file_change(save):
             if name not in self.experts:
                 raise KeyError(name)
             del self.experts[name]
-            if save and self.config_path:
-                self.save()
+
+    @contextlib.contextmanager
+    def _file_change(self, save: bool) -> Iterator[None]:
+        """Lock the file across processes, re-read it, let the caller change it, write it."""
+        if not (save and self.config_path):
+            yield
+            return
+        path = self.config_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if path.exists():
+                self.load()
+            yield
+            self.save()
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def get(self, name: str) -> ExpertModel | None:
         """The expert called ``name``, or None."""
@@ -275,9 +300,14 @@ class ExpertRegistry:
 
 def _atomic_write(target: Path, data: bytes) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = target.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mode = 0o644  # a new registry: readable by the gateway's user and group (no secrets in it)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)  # mkstemp makes 0600: keep the file's own mode
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -285,6 +315,12 @@ def _atomic_write(target: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # The rename itself is only durable once the folder's entry is on disk.
+    dir_fd = os.open(target.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def create_default_registry(path: str | Path | None = None) -> ExpertRegistry:

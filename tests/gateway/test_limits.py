@@ -41,7 +41,7 @@ async def gateway_client(model_dir: Path, db: Path, **overrides: Any) -> AsyncIt
     app = create_app(load_config(overrides=base, environ={}))
     async with app.lifespan():
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://gateway", timeout=60) as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1", timeout=60) as client:
             yield client
 
 

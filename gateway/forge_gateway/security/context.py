@@ -8,21 +8,34 @@ copy of the context pointing at the same object) fills in token reservations and
 from __future__ import annotations
 
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from forge_gateway.security.keys import ApiKey
 from forge_gateway.security.ratelimit import Decision
 
 if TYPE_CHECKING:
-    from forge_gateway.security.layer import SecurityLayer
+    from forge_gateway.config import GatewayConfig
+    from forge_gateway.routing import Target
 
-__all__ = ["RequestContext", "current_request"]
+__all__ = ["Gatekeeper", "RequestContext", "current_request"]
+
+
+class Gatekeeper(Protocol):
+    """What a request's context needs of the security layer (kept small: no import circle)."""
+
+    config: GatewayConfig
+
+    async def admit(self, ctx: RequestContext, target: Target, estimated_tokens: int) -> None:
+        """Check the key may use ``target`` and reserve its tokens (see ``SecurityLayer.admit``)."""
+        ...
 
 
 class RequestContext:
     """What the security layer knows about the request in flight."""
 
     __slots__ = (
+        "admin",
+        "authenticated",
         "completion_tokens",
         "expert",
         "key",
@@ -35,7 +48,7 @@ class RequestContext:
         "usage_seen",
     )
 
-    def __init__(self, request_id: str, key: ApiKey | None, layer: SecurityLayer) -> None:
+    def __init__(self, request_id: str, key: ApiKey | None, layer: Gatekeeper) -> None:
         self.request_id = request_id
         self.key = key
         self.layer = layer
@@ -48,6 +61,10 @@ class RequestContext:
         self.usage_seen = False
         """Whether the handler reported actual usage (then reservations are reconciled to it)."""
         self.expert = ""
+        self.authenticated = False
+        """A valid key was presented, or the gateway is open (no keys, dev mode)."""
+        self.admin = False
+        """An admin key was presented, or the gateway is open on loopback."""
 
 
 current_request: ContextVar[RequestContext | None] = ContextVar("forge_request", default=None)

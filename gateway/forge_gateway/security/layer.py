@@ -1,13 +1,14 @@
 """Wire keys, limits, admission, ledger and metrics into a gateway app.
 
-:func:`install_security` is the one call ``create_app`` makes; handlers call :func:`admit` after
-resolving a request's target (model permission + token-per-minute reservation).
+:func:`~forge_gateway.security.install.install_security` builds one per app; handlers call
+:func:`admit` after resolving a request's target (model permission + token-per-minute reservation).
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
@@ -27,18 +28,16 @@ from forge_sdk.errors import (
 )
 
 if TYPE_CHECKING:
-    from litestar import Litestar
-
     from forge_gateway.config import GatewayConfig, LimitsConfig
     from forge_gateway.routing import Target
-    from forge_gateway.state import Gateway
+    from forge_gateway.security.policy import RouteAuthority
 
 __all__ = [
     "SecurityLayer",
+    "ServedGateway",
     "admit",
     "check_open_listen",
     "estimate_remote_tokens",
-    "install_security",
     "preflight",
 ]
 
@@ -87,15 +86,26 @@ def preflight(config: GatewayConfig) -> None:
             ) from exc
 
 
+class ServedGateway(Protocol):
+    """What the security layer needs of the gateway it guards (and nothing more)."""
+
+    config: GatewayConfig
+    usage_listeners: list[Callable[[Target, int, int, str], None]]
+
+    def engine_load(self) -> tuple[int, int]:
+        """Sequences running and waiting, summed over every running engine."""
+        ...
+
+
 class SecurityLayer:
     """Everything the security middleware and hooks share, for one app.
 
     Args:
         config: gateway config (``auth``, ``rate_limit``, ``limits``).
-        gateway: the gateway (for engine stats).
+        gateway: the gateway (for engine load and usage).
     """
 
-    def __init__(self, config: GatewayConfig, gateway: Gateway) -> None:
+    def __init__(self, config: GatewayConfig, gateway: ServedGateway) -> None:
         self.config = config
         self.store = open_store(config.auth, create=False)
         loopback = is_loopback(config.host)
@@ -113,20 +123,11 @@ class SecurityLayer:
         )
         limits = config.limits
         self.admission = AdmissionController(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
-
-        def engine_stats() -> tuple[int, int]:
-            # The base engine plus every running standalone expert engine, read at scrape time.
-            stats = [gateway.engine.stats()]
-            pool = getattr(gateway, "standalone", None)
-            if pool is not None:
-                for name, expert in list(gateway.catalog.experts.items()):
-                    engine = pool.running(name) if expert.kind == "standalone" else None
-                    if engine is not None:
-                        stats.append(engine.stats())
-            return sum(s.running for s in stats), sum(s.waiting for s in stats)
-
-        self.metrics = GatewayMetrics(engine_stats, lambda: (self.admission.running, self.admission.waiting))
-        self.known_paths: frozenset[str] = frozenset()
+        self.metrics = GatewayMetrics(
+            gateway.engine_load, lambda: (self.admission.running, self.admission.waiting)
+        )
+        self.authority: RouteAuthority
+        """Which route a request is for and what it demands (set when the app is wired)."""
         gateway.usage_listeners.append(self.on_usage)
 
     async def start(self) -> None:
@@ -266,21 +267,3 @@ def estimate_remote_tokens(body_bytes: int, max_tokens: int | None, n: int, limi
     About 4 bytes of JSON per prompt token is a generous upper bound for English text.
     """
     return body_bytes // 4 + n * (max_tokens or limits.default_max_tokens)
-
-
-def install_security(app: Litestar, gateway: Gateway) -> SecurityLayer:
-    """Add the security middleware, admin key/usage routes and lifecycle hooks to ``app``."""
-    from forge_gateway.security.middleware import SecurityMiddleware
-    from forge_gateway.security.openapi import describe_bodies
-    from forge_gateway.security.routes import security_routes
-
-    layer = SecurityLayer(gateway.config, gateway)
-    for handler in security_routes:
-        app.register(handler)
-    app.state.security = layer
-    app.on_startup.append(layer.start)
-    app.on_shutdown.append(layer.stop)
-    layer.known_paths = frozenset(route.path for route in app.routes if "{" not in route.path)
-    describe_bodies(app, gateway.config.limits)
-    app.asgi_handler = SecurityMiddleware(app.asgi_handler, layer)
-    return layer

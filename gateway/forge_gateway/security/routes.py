@@ -1,7 +1,7 @@
 """Admin API for keys and usage: ``/admin/keys`` and ``/admin/usage`` (admin key required).
 
-The middleware guards every ``/admin`` path; these handlers only do the work. Store calls run
-in a worker thread (both key stores block).
+Each route declares its scope in ``opt`` (see :mod:`forge_gateway.security.policy`); these
+handlers only do the work. Store calls run in a worker thread (both key stores block).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from litestar.params import Parameter
 
 from forge_gateway.errors import validation_error
 from forge_gateway.security.keys import MAX_LIMIT
+from forge_gateway.security.policy import ADMIN, METRICS
 from forge_sdk.errors import InvalidRequestError
 
 __all__ = ["CreateKeyRequest", "security_routes"]
@@ -47,7 +48,7 @@ def _layer(request: Request[Any, Any, Any]) -> Any:
     return request.app.state.security
 
 
-@get("/admin/keys")
+@get("/admin/keys", opt=ADMIN)
 async def list_keys(request: Request[Any, Any, Any], include_revoked: bool = False) -> Response[bytes]:
     """Every key's metadata (never the secret)."""
     layer = _layer(request)
@@ -55,7 +56,7 @@ async def list_keys(request: Request[Any, Any, Any], include_revoked: bool = Fal
     return _json({"object": "list", "data": [k.public_dict() for k in keys]})
 
 
-@post("/admin/keys", status_code=201)
+@post("/admin/keys", status_code=201, opt=ADMIN)
 async def create_key(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Create a key; the response is the only place its full value ever appears."""
     try:
@@ -72,7 +73,7 @@ async def create_key(request: Request[Any, Any, Any]) -> Response[bytes]:
     return _json({"key": full, **record.public_dict()}, status=201)
 
 
-@delete("/admin/keys/{key_id:str}", status_code=200)
+@delete("/admin/keys/{key_id:str}", status_code=200, opt=ADMIN)
 async def revoke_key(request: Request[Any, Any, Any], key_id: str) -> Response[bytes]:
     """Revoke a key; this process stops accepting it at once, other replicas within a second or two."""
     layer = _layer(request)
@@ -81,7 +82,7 @@ async def revoke_key(request: Request[Any, Any, Any], key_id: str) -> Response[b
     return _json(record.public_dict())
 
 
-@get("/admin/usage")
+@get("/admin/usage", opt=ADMIN)
 async def usage(
     request: Request[Any, Any, Any],
     key_id: str | None = None,
@@ -98,4 +99,12 @@ async def usage(
     return _json({"object": "list", "data": [r.as_dict() for r in rows]})
 
 
-security_routes = [list_keys, create_key, revoke_key, usage]
+@get("/metrics", opt=METRICS, include_in_schema=False)
+async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
+    """Prometheus metrics (an admin key, unless ``auth.public_metrics``)."""
+    from forge_gateway.security.metrics import CONTENT_TYPE_LATEST
+
+    return Response(_layer(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+security_routes = [list_keys, create_key, revoke_key, usage, metrics]
