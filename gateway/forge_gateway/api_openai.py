@@ -24,8 +24,9 @@ from forge_gateway.generation import (
     run_to_completion,
     stream_outputs,
 )
-from forge_gateway.routing import RESOLVED_TARGET, Target, route_headers
+from forge_gateway.routing import AUTO, RESOLVED_TARGET, Target, route_headers
 from forge_gateway.security import admit, estimate_remote_tokens
+from forge_gateway.security.context import caller_is_admin, caller_may_use
 from forge_gateway.security.policy import generation
 from forge_gateway.state import Gateway
 from forge_sdk.errors import LargeForgeAIError
@@ -95,14 +96,21 @@ async def _complete(
 
 @get("/v1/models", sync_to_thread=False)
 def list_models(gateway: Gateway) -> Response[bytes]:
-    """Models served: the base model, every servable expert, and ``auto``."""
+    """Models served that the caller's key may use: the base model, servable experts, ``auto``."""
     catalog = gateway.catalog
     catalog.refresh()
     created = int(gateway.started_at)
     base = catalog.base_model_name
+    # A key sees only what its allow list lets it use (and never the base model's local path).
+    admin = caller_is_admin()
     cards = [
-        ModelCard(id=name, created=created, root=base if name != base else gateway.config.model)
+        ModelCard(
+            id=name,
+            created=created,
+            root=base if name != base else (gateway.config.model if admin else base),
+        )
         for name in catalog.model_names()
+        if name == AUTO or caller_may_use(name)
     ]
     return Response(_encode(ModelList(cards)), media_type="application/json")
 

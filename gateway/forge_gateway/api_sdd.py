@@ -16,6 +16,7 @@ from forge_gateway.api_openai import decode_body
 from forge_gateway.generation import plan_generation, run_to_completion
 from forge_gateway.routing import Target, route_headers
 from forge_gateway.security import admit, estimate_remote_tokens
+from forge_gateway.security.context import caller_is_admin, caller_may_use
 from forge_gateway.security.policy import PUBLIC, generation
 from forge_gateway.state import Gateway
 from forge_sdk.errors import ExpertUnavailableError, InvalidRequestError, UpstreamError
@@ -52,8 +53,14 @@ def _json(obj: Any, headers: dict[str, str] | None = None, status: int = 200) ->
 
 @get("/health", opt=PUBLIC)
 async def health(gateway: Gateway) -> Response[bytes]:
-    """``{"status": "healthy"}`` when the engine serves, 503 ``unhealthy`` otherwise."""
+    """``{"status": "healthy"}`` when the engine serves, 503 ``unhealthy`` otherwise.
+
+    Engine, adapter and expert details are for admin keys (and a keyless dev gateway) only.
+    """
     engine = await gateway.engine.health()
+    status = 200 if engine.get("ok") else 503
+    if not caller_is_admin():
+        return _json({"status": "healthy" if engine.get("ok") else "unhealthy"}, status=status)
     stats = gateway.engine.stats()
     body = {
         "status": "healthy" if engine.get("ok") else "unhealthy",
@@ -64,16 +71,23 @@ async def health(gateway: Gateway) -> Response[bytes]:
         # (requests for a failed one fall back or get a 503), so the status follows the base engine.
         "standalone_engines": await gateway.standalone.health(),
     }
-    return _json(body, status=200 if engine.get("ok") else 503)
+    return _json(body, status=status)
 
 
 @get("/experts", sync_to_thread=False)
 def experts(gateway: Gateway) -> Response[bytes]:
-    """Every expert with how it is served and its current state."""
+    """Every expert with how it is served and its current state (non-admin keys: the experts
+    they may use, without endpoints, paths, env names or errors)."""
     catalog = gateway.catalog
     catalog.refresh()
     out = []
+    admin = caller_is_admin()
     for expert in catalog.experts.values():
+        if not admin:
+            # Endpoints, folders, env names and upstream errors are operator details.
+            if caller_may_use(expert.name):
+                out.append(_public_entry(catalog, expert))
+            continue
         entry = expert_entry(catalog, expert)
         if expert.kind == "remote":
             entry["status"] = gateway.upstreams.status(expert.name)
@@ -85,6 +99,17 @@ def experts(gateway: Gateway) -> Response[bytes]:
     return _json({"experts": out, "base_model": catalog.base_model_name})
 
 
+def _public_entry(catalog: Any, expert: Any) -> dict[str, Any]:
+    return {
+        "name": expert.name,
+        "description": expert.description,
+        "specialization": expert.specialization,
+        "keywords": expert.keywords,
+        "kind": expert.kind,
+        "servable": catalog.servable(expert),
+    }
+
+
 @post("/route", status_code=200)
 async def route(gateway: Gateway, text: Annotated[str, Parameter(query="query")]) -> Response[bytes]:
     """Routing decision for ``?query=``: expert, endpoint, classifier confidence and why."""
@@ -94,6 +119,8 @@ async def route(gateway: Gateway, text: Annotated[str, Parameter(query="query")]
     target = await gateway.catalog.aroute(text)
     classifier = gateway.catalog.classifier
     endpoint = target.expert.endpoint if target.expert and target.expert.endpoint else "local"
+    if endpoint != "local" and not caller_is_admin():
+        endpoint = "remote"  # the URL is an operator detail
     decision = RouteDecision(
         expert=target.expert_name,
         endpoint=endpoint,

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from forge_gateway.config import GatewayConfig
     from forge_gateway.routing import Target
 
-__all__ = ["Gatekeeper", "RequestContext", "current_request"]
+__all__ = ["Gatekeeper", "RequestContext", "caller_is_admin", "caller_may_use", "current_request"]
 
 
 class Gatekeeper(Protocol):
@@ -68,3 +68,17 @@ class RequestContext:
 
 
 current_request: ContextVar[RequestContext | None] = ContextVar("forge_request", default=None)
+
+
+def caller_is_admin() -> bool:
+    """Whether the request in flight may see operator details (endpoints, paths, errors)."""
+    ctx = current_request.get()
+    return ctx is not None and ctx.admin
+
+
+def caller_may_use(name: str) -> bool:
+    """Whether the request in flight's key may use model/expert ``name`` (its allow list)."""
+    ctx = current_request.get()
+    if ctx is None or ctx.key is None:
+        return ctx is not None  # open mode: everything; no security context: nothing
+    return ctx.key.allows(name)

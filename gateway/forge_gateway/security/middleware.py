@@ -202,7 +202,7 @@ class SecurityMiddleware:
         auth = layer.authenticator
         if auth.open:
             ctx.authenticated = True
-            ctx.admin = layer.open_admin
+            ctx.admin = layer.open_admin and self._from_this_machine(seen)
             if policy.scope == "admin":
                 if not layer.open_admin:
                     layer.metrics.auth_failures.labels("403").inc()
@@ -248,6 +248,14 @@ class SecurityMiddleware:
                         "retry-after-ms": str(math.ceil(decision.retry_after * 1000)),
                     },
                 )
+
+    @staticmethod
+    def _from_this_machine(seen: dict[bytes, str]) -> bool:
+        origin = seen.get(b"origin")
+        if origin is not None and (origin == "null" or not _loopback_host(urlsplit(origin).netloc)):
+            return False
+        host = seen.get(b"host")
+        return host is None or _loopback_host(host)
 
     def _same_machine_only(self, seen: dict[bytes, str]) -> None:
         """Open mode trusts the machine, not the browser on it: refuse cross-site requests
