@@ -217,7 +217,7 @@ class SecurityMiddleware:
             if token:  # optional: a valid key unlocks details on public routes (/health)
                 try:
                     key = auth.authenticate(token)
-                except AuthenticationError:
+                except LargeForgeAIError:  # a bad key (or a key store outage) just gets no details
                     return
                 ctx.key, ctx.authenticated, ctx.admin = key, True, key.admin
             return
