@@ -249,7 +249,7 @@ async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
     store = KeyStore(registry.parent / "keys.db")
     keys = {
-        "all": store.create("tests")[0],
+        "all": store.create("tests", admin=True)[0],  # admin: these tests read /experts details
         "legal_only": store.create("legal-only", models=["legal"])[0],
         "small_tpm": store.create("small", tpm=20)[0],
     }
