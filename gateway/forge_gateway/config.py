@@ -19,6 +19,7 @@ from msgspec import Meta, Struct, field
 from forge_sdk.errors import ConfigurationError
 
 __all__ = [
+    "ApiConfig",
     "AuthConfig",
     "EngineConfig",
     "GatewayConfig",
@@ -125,6 +126,17 @@ class LimitsConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     concurrency slot is only taken once the body is in, so slow uploads cannot hold slots."""
 
 
+class ApiConfig(Struct, forbid_unknown_fields=True, kw_only=True):
+    """How the OpenAI-compatible API treats what clients send."""
+
+    unknown_fields: Literal["reject", "ignore"] = "reject"
+    """Top-level request fields outside the OpenAI API (and vLLM's extensions): a 400 naming the
+    field (``reject``), or dropped silently (``ignore``, for clients that send vendor fields)."""
+    tool_parser: str = "auto"
+    """Tool-call parser for ``tool_choice: "auto"`` (a registered name such as ``hermes`` or
+    ``llama3_json``); ``auto`` picks it from the model's chat template, else ``hermes``."""
+
+
 class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """API keys (``forge-gateway keys ...``). With no active key the gateway is open (dev mode)
     on a loopback host; on any other host it refuses to start unless ``allow_open``."""
@@ -185,6 +197,7 @@ class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
 
     @property
     def model_name(self) -> str:
@@ -197,7 +210,7 @@ class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):
         return self.model  # a hub id like Qwen/Qwen2.5-0.5B-Instruct is served under its full id
 
 
-_SECTIONS = {"engine", "router", "limits", "auth", "rate_limit"}
+_SECTIONS = {"engine", "router", "limits", "auth", "rate_limit", "api"}
 
 
 def _read_file(path: Path) -> dict[str, Any]:

@@ -24,9 +24,11 @@ from typing import Any
 import msgspec
 import structlog
 
+from forge_gateway.oai.decoding import request_decoder
 from forge_gateway.routing import RESOLVED_TARGET, Target
 from forge_gateway.security.policy import POLICY_SCOPE_KEY
 from forge_gateway.state import Gateway
+from forge_gateway.upstream import with_model
 from forge_sdk.errors import ExpertUnavailableError, LargeForgeAIError, UpstreamError
 from forge_sdk.types import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse, message_text
 
@@ -35,9 +37,9 @@ __all__ = ["RemoteFastPath"]
 log = structlog.get_logger("forge_gateway.fastpath")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
-_decoders: dict[str, msgspec.json.Decoder[Any]] = {
-    "chat/completions": msgspec.json.Decoder(ChatCompletionRequest),
-    "completions": msgspec.json.Decoder(CompletionRequest),
+_REQUEST_TYPES: dict[str, type[Any]] = {
+    "chat/completions": ChatCompletionRequest,
+    "completions": CompletionRequest,
 }
 """Request type per upstream path (the ``forge_upstream`` a route declares in its ``opt``)."""
 _encode = msgspec.json.Encoder().encode
@@ -89,6 +91,10 @@ class RemoteFastPath:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
+        self._decoders = {
+            path: request_decoder(type_, gateway.config.api.unknown_fields)
+            for path, type_ in _REQUEST_TYPES.items()
+        }
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Which route this is was decided once, by the security layer's route authority, on the
@@ -103,7 +109,7 @@ class RemoteFastPath:
             await self.app(scope, _replay(body, receive, more=True), send)
             return
         try:
-            request = _decoders[upstream_path].decode(body)
+            request = self._decoders[upstream_path].decode(body)
             target = await self.gateway.catalog.aresolve(request.model, lambda: _query_text(request))
         except (msgspec.DecodeError, LargeForgeAIError):
             target = None  # Litestar renders the error
@@ -142,20 +148,15 @@ class RemoteFastPath:
         assert expert is not None
         max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
         await admit(target, estimate_remote_tokens(len(body), max_tokens, request.n, gateway.config.limits))
-        upstream_model = expert.upstream_model or expert.name
         # The client's own bytes go upstream untouched unless the model name must change.
-        upstream_body = (
-            body
-            if request.model == upstream_model
-            else _encode(msgspec.structs.replace(request, model=upstream_model))
-        )
+        upstream_body = with_model(body, expert.upstream_model or expert.name)
         try:
             reply = await gateway.upstreams.call(target, upstream_body, path, stream=request.stream)
         except (UpstreamError, ExpertUnavailableError) as exc:
             why = "timeout" if exc.status_code == 504 else _FALLBACK_WHY.get(type(exc), "error")
             log.warning("expert_fallback", expert=target.expert_name, error=exc.message)
             fallback = gateway.catalog.fallback(target, why)  # raises when no local fallback exists
-            replay = _encode(msgspec.structs.replace(request, model=fallback.model))
+            replay = with_model(body, fallback.model)
             await self.app(scope, _replay(replay, receive), _relabel(send, fallback))
             return
         content_type = reply.content_type.encode("latin-1")

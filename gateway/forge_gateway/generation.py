@@ -12,14 +12,30 @@ import dataclasses
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 
 from forge_gateway.config import LimitsConfig
-from forge_gateway.engines.base import Engine, EngineOutput, EngineRequest, LoraSpec, SamplingOptions
+from forge_gateway.engines.base import (
+    Engine,
+    EngineOutput,
+    EngineRequest,
+    LoraSpec,
+    SamplingOptions,
+    TokenLogprobs,
+)
 from forge_sdk.errors import ContextLengthExceededError, InvalidRequestError
 
-__all__ = ["Choice", "GenerationPlan", "plan_generation", "run_to_completion", "stream_outputs"]
+__all__ = [
+    "Choice",
+    "GenerationPlan",
+    "plan_generation",
+    "run_many",
+    "run_to_completion",
+    "stream_many",
+    "stream_outputs",
+]
 
 # Tokenizing a few KB inline is faster than a thread hop; bigger inputs go to a worker thread
 # so one huge prompt cannot stall every other request on the event loop.
@@ -50,6 +66,10 @@ class Choice:
     text: str
     finish_reason: str
     completion_tokens: int
+    logprobs: list[TokenLogprobs] | None = None
+    """Per output token, when asked for."""
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    """Per prompt token, when asked for."""
 
 
 async def _run_blocking(fn, *args):  # type: ignore[no-untyped-def]
@@ -59,7 +79,7 @@ async def _run_blocking(fn, *args):  # type: ignore[no-untyped-def]
 async def plan_generation(
     engine: Engine,
     *,
-    messages: Sequence[dict[str, str]] | None,
+    messages: Sequence[dict[str, Any]] | None,
     prompt: str | None,
     max_tokens: int | None,
     temperature: float,
@@ -73,8 +93,20 @@ async def plan_generation(
     frequency_penalty: float = 0.0,
     ignore_eos: bool = False,
     id_prefix: str = "chatcmpl",
+    prompt_ids: list[int] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+    render: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    request_id: str | None = None,
 ) -> GenerationPlan:
     """Render and tokenize the prompt, then check it and ``max_tokens`` against the context.
+
+    Args:
+        prompt_ids: an already tokenized prompt (instead of ``prompt``/``messages``).
+        tools: tool definitions for a template that renders them.
+        render: other ``render_chat`` options (``add_generation_prompt``, ...).
+        options: further :class:`SamplingOptions` fields (vLLM extensions, log-probs, constraint).
+        request_id: reuse this id (several prompts of one request), else a fresh one.
 
     Raises:
         InvalidRequestError: ``max_tokens`` above the server cap, or too many messages.
@@ -86,13 +118,16 @@ async def plan_generation(
                 f"too many messages: {len(messages)} > {limits.max_messages}", param="messages"
             )
         size = sum(len(m["content"]) for m in messages)
-        if size > _INLINE_TOKENIZE_CHARS:
-            text = await _run_blocking(engine.render_chat, messages)
+        kwargs = {**(render or {}), "tools": tools}
+        if size > _INLINE_TOKENIZE_CHARS or tools:
+            text = await anyio.to_thread.run_sync(lambda: engine.render_chat(messages, **kwargs))
         else:
-            text = engine.render_chat(messages)
+            text = engine.render_chat(messages, **kwargs)
     else:
         text = prompt or ""
-    if len(text) > _INLINE_TOKENIZE_CHARS:
+    if prompt_ids is not None:
+        ids = list(prompt_ids)
+    elif len(text) > _INLINE_TOKENIZE_CHARS:
         ids = await _run_blocking(engine.tokenize, text)
     else:
         ids = engine.tokenize(text)
@@ -132,15 +167,21 @@ async def plan_generation(
         frequency_penalty=frequency_penalty,
         ignore_eos=ignore_eos,
     )
-    return GenerationPlan(f"{id_prefix}-{uuid.uuid4().hex}", ids, sampling, n, lora)
+    if options:
+        sampling = dataclasses.replace(sampling, **options)
+    return GenerationPlan(request_id or f"{id_prefix}-{uuid.uuid4().hex}", ids, sampling, n, lora)
 
 
-def _engine_request(plan: GenerationPlan, index: int) -> EngineRequest:
+def _engine_request(plan: GenerationPlan, index: int, prompt_index: int = 0) -> EngineRequest:
     sampling = plan.sampling
     if sampling.seed is not None and index:
         # Different choices of one seeded request must differ, yet stay reproducible.
         sampling = dataclasses.replace(sampling, seed=sampling.seed + index)
-    rid = plan.request_id if plan.n == 1 else f"{plan.request_id}-{index}"
+    rid = plan.request_id
+    if prompt_index:
+        rid = f"{rid}-p{prompt_index}"
+    if plan.n > 1:
+        rid = f"{rid}-{index}"
     return EngineRequest(rid, plan.prompt_token_ids, sampling, plan.lora)
 
 
@@ -149,8 +190,17 @@ async def stream_outputs(engine: Engine, plan: GenerationPlan) -> AsyncIterator[
 
     Closing this iterator early (client gone) closes every engine stream, which aborts them.
     """
-    if plan.n == 1:
-        stream = engine.generate(_engine_request(plan, 0))
+    async for item in stream_many(engine, [plan]):
+        yield item
+
+
+async def stream_many(
+    engine: Engine, plans: Sequence[GenerationPlan]
+) -> AsyncIterator[tuple[int, EngineOutput]]:
+    """Like :func:`stream_outputs` over several prompts: choice index = prompt index * n + i."""
+    requests = [_engine_request(plan, i, p) for p, plan in enumerate(plans) for i in range(plan.n)]
+    if len(requests) == 1:
+        stream = engine.generate(requests[0])
         try:
             async for out in stream:
                 yield 0, out
@@ -161,7 +211,7 @@ async def stream_outputs(engine: Engine, plan: GenerationPlan) -> AsyncIterator[
     queue: asyncio.Queue[tuple[int, EngineOutput | BaseException | None]] = asyncio.Queue()
 
     async def pump(index: int) -> None:
-        stream = engine.generate(_engine_request(plan, index))
+        stream = engine.generate(requests[index])
         try:
             async for out in stream:
                 await queue.put((index, out))
@@ -172,9 +222,9 @@ async def stream_outputs(engine: Engine, plan: GenerationPlan) -> AsyncIterator[
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
 
-    tasks = [asyncio.create_task(pump(i)) for i in range(plan.n)]
+    tasks = [asyncio.create_task(pump(i)) for i in range(len(requests))]
     try:
-        remaining = plan.n
+        remaining = len(requests)
         while remaining:
             index, item = await queue.get()
             if item is None:
@@ -193,12 +243,27 @@ async def stream_outputs(engine: Engine, plan: GenerationPlan) -> AsyncIterator[
 
 async def run_to_completion(engine: Engine, plan: GenerationPlan) -> list[Choice]:
     """Generate all ``n`` sequences and return them whole, in index order."""
-    texts: list[list[str]] = [[] for _ in range(plan.n)]
-    finish: list[str] = ["stop"] * plan.n
-    counts = [0] * plan.n
-    async for index, out in stream_outputs(engine, plan):
+    return await run_many(engine, [plan])
+
+
+async def run_many(engine: Engine, plans: Sequence[GenerationPlan]) -> list[Choice]:
+    """Generate every prompt's ``n`` sequences; choices in index order (prompt index * n + i)."""
+    total = sum(plan.n for plan in plans)
+    texts: list[list[str]] = [[] for _ in range(total)]
+    finish: list[str] = ["stop"] * total
+    counts = [0] * total
+    logprobs: list[list[TokenLogprobs] | None] = [None] * total
+    prompt_logprobs: list[list[TokenLogprobs | None] | None] = [None] * total
+    async for index, out in stream_many(engine, plans):
         texts[index].append(out.text)
         counts[index] = out.completion_tokens
         if out.finish_reason:
             finish[index] = out.finish_reason
-    return [Choice(i, "".join(texts[i]), finish[i], counts[i]) for i in range(plan.n)]
+        if out.logprobs is not None:
+            logprobs[index] = (logprobs[index] or []) + out.logprobs
+        if out.prompt_logprobs is not None:
+            prompt_logprobs[index] = out.prompt_logprobs
+    return [
+        Choice(i, "".join(texts[i]), finish[i], counts[i], logprobs[i], prompt_logprobs[i])
+        for i in range(total)
+    ]

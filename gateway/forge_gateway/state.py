@@ -26,6 +26,7 @@ from forge_sdk.errors import (
 )
 from forge_sdk.experts import ExpertModel
 from forge_sdk.plugins import collect
+from forge_sdk.tools import ToolParser
 
 __all__ = ["Gateway", "UsageListener"]
 
@@ -73,6 +74,14 @@ class Gateway:
             pm, "register_classifiers", key=lambda c: c.name
         )
         self.catalog.classifier = self._build_classifier()
+        self.tool_parsers: dict[str, type[ToolParser]] = collect(
+            pm, "register_tool_parsers", key=lambda c: c.name
+        )
+        wanted = config.api.tool_parser
+        if wanted != "auto" and wanted not in self.tool_parsers:
+            raise ConfigurationError(
+                f"[api] tool_parser {wanted!r} is not registered; known: {sorted(self.tool_parsers) or 'none'}"
+            )
         router = config.router
         self.upstreams = UpstreamPool(
             default_expert=router.default_expert,
@@ -192,7 +201,9 @@ class Gateway:
             log.warning("expert_fallback", expert=expert.name, to=fallback.expert_name, error=exc.message)
             return await self.acquire(fallback)
 
-    async def forward_remote(self, target: Target, request: Any, path: str) -> tuple[Any, Target]:
+    async def forward_remote(
+        self, target: Target, body: bytes, path: str, *, stream: bool
+    ) -> tuple[Any, Target]:
         """Send a request to a remote expert with retries; on failure pick the fallback.
 
         Returns:
@@ -200,7 +211,7 @@ class Gateway:
             ``(None, fallback_target)`` when the caller must serve it locally.
         """
         try:
-            return await self.upstreams.forward(target, request, path), target
+            return await self.upstreams.forward(target, body, path, stream=stream), target
         except (UpstreamError, ExpertUnavailableError) as exc:
             log.warning("expert_fallback", expert=target.expert_name, error=exc.message)
             return None, self.catalog.fallback(target, _FALLBACK_WHY.get(type(exc), "error"))

@@ -36,7 +36,7 @@ from forge_sdk.types import ErrorBody, ErrorResponse
 if TYPE_CHECKING:
     from forge_gateway.routing import Target
 
-__all__ = ["UpstreamPool", "UpstreamReply", "UpstreamState"]
+__all__ = ["UpstreamPool", "UpstreamReply", "UpstreamState", "with_model"]
 
 log = structlog.get_logger("forge_gateway.upstream")
 _RETRY_STATUS = frozenset({502, 503, 504})
@@ -225,8 +225,13 @@ class UpstreamPool:
             error = ErrorBody(f"expert {name!r} failed mid-stream: {_describe(exc)}", "upstream_error")
             yield b"data: " + _encode(ErrorResponse(error)) + b"\n\n"
 
-    async def forward(self, target: Target, request: Any, path: str) -> Response[bytes] | Stream:
-        """Proxy an OpenAI request Struct to the target's upstream as a response for the client.
+    async def forward(
+        self, target: Target, body: bytes, path: str, *, stream: bool
+    ) -> Response[bytes] | Stream:
+        """Proxy the client's request body to the target's upstream as a response for the client.
+
+        The body goes upstream as the client sent it (every field, tools and response formats
+        included); only ``model`` is rewritten when the upstream knows the expert by another name.
 
         Raises:
             ExpertUnavailableError, UpstreamTimeoutError, UpstreamError: as :meth:`call`;
@@ -234,8 +239,8 @@ class UpstreamPool:
         """
         expert = target.expert
         assert expert is not None
-        body = _encode(msgspec.structs.replace(request, model=expert.upstream_model or expert.name))
-        reply = await self.call(target, body, path, stream=bool(request.stream))
+        body = with_model(body, expert.upstream_model or expert.name)
+        reply = await self.call(target, body, path, stream=stream)
         headers = route_headers(target)
         if reply.stream is None:
             return Response(
@@ -243,6 +248,22 @@ class UpstreamPool:
             )
         headers["cache-control"] = "no-cache"
         return Stream(reply.stream, status_code=reply.status, media_type="text/event-stream", headers=headers)
+
+
+class _Model(msgspec.Struct):
+    model: str = ""
+
+
+_model_decoder = msgspec.json.Decoder(_Model)
+
+
+def with_model(body: bytes, model: str) -> bytes:
+    """``body`` (a JSON object) with its ``model`` set to ``model``; every other field byte-for-byte."""
+    if _model_decoder.decode(body).model == model:
+        return body
+    fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
+    fields["model"] = msgspec.Raw(_encode(model))
+    return _encode(fields)
 
 
 def _describe(exc: BaseException) -> str:

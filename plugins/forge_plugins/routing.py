@@ -1,4 +1,4 @@
-"""Plugin module registering the built-in classifiers and the router training commands."""
+"""Plugin module registering the built-in classifiers, router training commands and tool-call parsers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from forge_plugins.router.classifiers import HybridClassifier, KeywordClassifier, NeuralClassifier
 from forge_plugins.router.methods import RouterEvalMethod, RouterTrainMethod
+from forge_plugins.tool_parsers import HermesToolParser, Llama3JsonToolParser
 from forge_sdk import hookimpl
 
 
@@ -22,3 +23,10 @@ def register_training_methods(register: Callable[[Any], None]) -> None:
     """Register ``router`` and ``router-eval``."""
     register(RouterTrainMethod)
     register(RouterEvalMethod)
+
+
+@hookimpl
+def register_tool_parsers(register: Callable[[Any], None]) -> None:
+    """Register ``hermes`` and ``llama3_json``."""
+    register(HermesToolParser)
+    register(Llama3JsonToolParser)

@@ -1,7 +1,7 @@
 """forge-sdk: what a LargeForge plugin author imports.
 
 Hooks (:data:`hookimpl`), the interfaces plugins implement (:class:`Classifier`,
-:class:`TrainingMethod`, :class:`Quantizer`), the expert registry, the public wire types (in
+:class:`TrainingMethod`, :class:`Quantizer`, :class:`ToolParser`), the expert registry, the public wire types (in
 :mod:`forge_sdk.types`), the error tree (in :mod:`forge_sdk.errors`) and the Python clients.
 """
 
@@ -12,6 +12,7 @@ from forge_sdk.experts import DEFAULT_EXPERTS, ExpertModel, ExpertRegistry, crea
 from forge_sdk.hooks import hookimpl
 from forge_sdk.plugins import get_plugin_manager, list_plugins
 from forge_sdk.retry import RetryPolicy
+from forge_sdk.tools import ParsedToolCall, ToolParser, ToolParseResult
 from forge_sdk.training import Quantizer, TrainingMethod, TrainingResult
 
 __all__ = [
@@ -23,9 +24,12 @@ __all__ = [
     "ExpertRegistry",
     "InferenceClient",
     "LargeForgeAIError",
+    "ParsedToolCall",
     "Quantizer",
     "RetryPolicy",
     "RouterClient",
+    "ToolParseResult",
+    "ToolParser",
     "TrainingMethod",
     "TrainingResult",
     "create_default_registry",

@@ -60,3 +60,13 @@ def register_quantizers(register: Callable[[Any], None]) -> None:
     The class must subclass :class:`forge_sdk.Quantizer` and set a unique ``name``; it becomes
     ``forge-train quantize --method <name>``.
     """
+
+
+@hookspec
+def register_tool_parsers(register: Callable[[Any], None]) -> None:
+    """Register tool-call parsers: call ``register(ToolParserSubclass)`` for each.
+
+    The class must subclass :class:`forge_sdk.ToolParser` and set a unique ``name``; the gateway
+    uses it to read tool calls out of model text when ``tool_choice`` is ``auto``
+    (``[api] tool_parser = "<name>"``, or picked from the chat template).
+    """

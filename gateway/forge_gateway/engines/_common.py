@@ -44,8 +44,16 @@ class ChatTokenizer:
         """Token ids of ``text`` without special tokens added."""
         return list(self.hf.encode(text, add_special_tokens=False))
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """The chat template applied to ``messages`` with a generation prompt.
+    def render_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """The chat template applied to ``messages`` (and ``tools``) with a generation prompt.
 
         Raises:
             InvalidRequestError: the model has no chat template, or the messages do not fit it.
@@ -54,10 +62,31 @@ class ChatTokenizer:
             raise InvalidRequestError(
                 "this model has no chat template; use /v1/completions", param="messages"
             )
+        kwargs = dict(template_kwargs or {})
+        # The caller's template variables must not override what the gateway decides.
+        for reserved in ("tokenize", "add_generation_prompt", "continue_final_message", "tools", "messages"):
+            kwargs.pop(reserved, None)
         try:
-            return self.hf.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
+            return self.hf.apply_chat_template(
+                list(messages),
+                tools=tools or None,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt and not continue_final_message,
+                continue_final_message=continue_final_message,
+                **kwargs,
+            )
         except Exception as exc:  # jinja raises TemplateError for messages the template refuses
             raise InvalidRequestError(f"cannot apply the chat template: {exc}", param="messages") from exc
+
+    @property
+    def chat_template(self) -> str:
+        """The chat template's source ("" when the model has none)."""
+        template = getattr(self.hf, "chat_template", None)
+        return template if isinstance(template, str) else ""
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token (special tokens included), as log-prob reports show it."""
+        return str(self.hf.decode([token_id], skip_special_tokens=False))
 
     def eos_ids(self, extra: Sequence[int] | int | None = None) -> set[int]:
         """End-of-sequence ids: the tokenizer's plus ``extra`` (e.g. from generation_config)."""
@@ -110,8 +139,17 @@ class StopChecker:
     is held back until the next token decides it, so a stop string never leaks to the caller.
     """
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        stop: Sequence[str],
+        *,
+        skip_special_tokens: bool = True,
+        include_stop: bool = False,
+    ) -> None:
         self._tok = tokenizer
+        self._skip_special = skip_special_tokens
+        self._include_stop = include_stop
         self._stop = tuple(s for s in stop if s)
         self._ids: list[int] = []
         self._emitted = 0
@@ -125,14 +163,15 @@ class StopChecker:
             final: no more tokens follow, so held-back text is released.
         """
         self._ids.extend(token_ids)
-        text = self._tok.decode(self._ids, skip_special_tokens=True)
+        text = self._tok.decode(self._ids, skip_special_tokens=self._skip_special)
         if self._stop:
             # Only the tail can hold a new match: search from just before what was already sent.
             start = max(0, self._emitted - max(len(s) for s in self._stop))
-            hits = [i for i in (text.find(s, start) for s in self._stop) if i >= 0]
+            hits = [(i, len(s)) for i, s in ((text.find(s, start), s) for s in self._stop) if i >= 0]
             if hits:
                 self.stopped = True
-                cut = min(hits)
+                at, length = min(hits)
+                cut = at + length if self._include_stop else at
                 delta = text[self._emitted : cut]
                 self._emitted = max(self._emitted, cut)
                 return delta
@@ -161,6 +200,7 @@ class HFTokenizerEngine(Engine):
     """
 
     _tokenizer: ChatTokenizer | None = None
+    _vocab_size: int | None = None
     _max_model_len: int
     _enable_lora: bool
 
@@ -188,6 +228,38 @@ class HFTokenizerEngine(Engine):
         """Token ids of ``text`` (no special tokens added)."""
         return self._require_tokenizer().tokenize(text)
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """The model's chat template with a generation prompt."""
-        return self._require_tokenizer().render_chat(messages)
+    def render_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        template_kwargs: dict[str, Any] | None = None,
+    ) -> str:
+        """The model's chat template (with ``tools``) and a generation prompt."""
+        return self._require_tokenizer().render_chat(
+            messages,
+            tools=tools,
+            add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message,
+            template_kwargs=template_kwargs,
+        )
+
+    @property
+    def chat_template(self) -> str:
+        """The model's chat template source ("" when it has none)."""
+        return self._require_tokenizer().chat_template
+
+    def token_text(self, token_id: int) -> str:
+        """The text of one token, for log-prob reports."""
+        return self._require_tokenizer().token_text(token_id)
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The model's logits width (after start)."""
+        return self._vocab_size
+
+    def detokenize(self, token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids`` (special tokens kept)."""
+        return str(self._require_tokenizer().hf.decode(list(token_ids), skip_special_tokens=False))

@@ -20,9 +20,9 @@ import torch.nn.functional as F  # noqa: N812
 from transformers import DynamicCache
 
 from forge_gateway.engines._common import StopChecker
-from forge_gateway.engines.base import EngineRequest
+from forge_gateway.engines.base import LOGPROB_FLOOR, EngineRequest, TokenLogprobs
 
-__all__ = ["BASE_ADAPTER", "BatchState", "Seq", "sample_next"]
+__all__ = ["BASE_ADAPTER", "BatchState", "Seq", "position_logprobs", "sample_next"]
 
 BASE_ADAPTER = "__base__"
 """PEFT's name for "no adapter" in a mixed-adapter batch."""
@@ -42,6 +42,12 @@ class Seq:
     pending: int = -1
     """Last sampled token, not yet in the KV cache."""
     finished: bool = False
+    matcher: Any = None
+    """xgrammar matcher when the output is constrained."""
+    eos: frozenset[int] = frozenset()
+    """Ids that end this sequence (the model's end-of-sequence plus ``stop_token_ids``)."""
+    prompt_logprobs: list[TokenLogprobs | None] | None = None
+    """Filled at prefill when the request asks for prompt log-probs; sent with the first output."""
 
 
 def make_generator(seed: int | None) -> torch.Generator:
@@ -51,26 +57,73 @@ def make_generator(seed: int | None) -> torch.Generator:
     return gen
 
 
-def sample_next(logits: torch.Tensor, seq: Seq) -> int:
-    """Pick the next token of ``seq`` from its last-position ``logits`` (1-D, vocab)."""
+def position_logprobs(logprobs: torch.Tensor, chosen: int, k: int) -> TokenLogprobs:
+    """One position's report from a 1-D log-softmax row."""
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        values, ids = torch.topk(logprobs, k)
+        top = [
+            (int(i), max(float(v), LOGPROB_FLOOR)) for v, i in zip(values.tolist(), ids.tolist(), strict=True)
+        ]
+    return TokenLogprobs(chosen, max(float(logprobs[chosen]), LOGPROB_FLOOR), top)
+
+
+def _penalize(row: torch.Tensor, seq: Seq) -> torch.Tensor:
+    """Logit bias, min_tokens, repetition / presence / frequency penalties (``row`` is a private copy)."""
     s = seq.request.sampling
-    row = logits.float()
+    if s.logit_bias:
+        ids = torch.tensor(list(s.logit_bias), dtype=torch.long, device=row.device)
+        row.index_add_(0, ids, torch.tensor(list(s.logit_bias.values()), dtype=row.dtype, device=row.device))
+    if len(seq.generated) < s.min_tokens and seq.eos:
+        row[list(seq.eos)] = float("-inf")
+    if s.repetition_penalty != 1.0:
+        # CTRL / vLLM semantics: over prompt and output tokens, shrink positive logits, grow negative ones.
+        seen = torch.tensor(
+            sorted(set(seq.request.prompt_token_ids) | set(seq.generated)),
+            dtype=torch.long,
+            device=row.device,
+        )
+        vals = row[seen]
+        row[seen] = torch.where(vals > 0, vals / s.repetition_penalty, vals * s.repetition_penalty)
     if seq.generated and (s.presence_penalty or s.frequency_penalty):
         # OpenAI semantics: subtract per-token penalties for tokens already generated.
         ids = torch.tensor(seq.generated, dtype=torch.long, device=row.device)
         counts = torch.zeros_like(row).scatter_add_(0, ids, torch.ones_like(ids, dtype=row.dtype))
         row = row - s.frequency_penalty * counts - s.presence_penalty * (counts > 0).to(row.dtype)
+    return row
+
+
+def sample_next(logits: torch.Tensor, seq: Seq) -> int:
+    """Pick the next token of ``seq`` from its last-position ``logits`` (1-D, vocab)."""
+    s = seq.request.sampling
+    row = _penalize(logits.float().clone(), seq)
     if s.temperature == 0:
         return int(torch.argmax(row))
+    if 0 < s.top_k < row.shape[0]:
+        kth = torch.topk(row, s.top_k).values[-1]
+        row = row.masked_fill(row < kth, float("-inf"))
     probs = F.softmax(row / s.temperature, dim=-1)
+    if s.min_p > 0:
+        probs = probs.masked_fill(probs < s.min_p * probs.max(), 0.0)
     if s.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
-        drop = sorted_probs.cumsum(0) - sorted_probs >= s.top_p
+        drop = sorted_probs.cumsum(0) - sorted_probs >= s.top_p * sorted_probs.sum()
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     gen = seq.generator
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
+
+
+def _prompt_logprobs(logits: torch.Tensor, seq: Seq, width: int) -> list[TokenLogprobs | None]:
+    """Each prompt token's log-prob given the tokens before it (``logits``: one left-padded row)."""
+    prompt = seq.request.prompt_token_ids
+    k = seq.request.sampling.prompt_logprobs or 0
+    offset = width - len(prompt)
+    rows = F.log_softmax(logits[offset : width - 1].float(), dim=-1)  # row j predicts prompt[j + 1]
+    out: list[TokenLogprobs | None] = [None]
+    out += [position_logprobs(rows[j], prompt[j + 1], k) for j in range(len(prompt) - 1)]
+    return out
 
 
 def _left_pad(t: torch.Tensor, length: int, dim: int) -> torch.Tensor:
@@ -97,12 +150,12 @@ class BatchState:
         self.max_batch_seen = 0
         self.steps = 0
 
-    def _forward(self, seqs: list[Seq], **kwargs: Any) -> torch.Tensor:
+    def _forward(self, seqs: list[Seq], all_logits: bool = False, **kwargs: Any) -> torch.Tensor:
         if self.use_adapters:
             kwargs["adapter_names"] = [s.adapter for s in seqs]
-        out = self.model(use_cache=True, logits_to_keep=1, **kwargs)
+        out = self.model(use_cache=True, logits_to_keep=0 if all_logits else 1, **kwargs)
         self.steps += 1
-        return out.logits[:, -1, :]
+        return out.logits if all_logits else out.logits[:, -1, :]
 
     def prefill(self, new: list[Seq]) -> torch.Tensor:
         """Run the prompts of ``new`` as one left-padded batch and merge their cache in.
@@ -120,14 +173,21 @@ class BatchState:
         ids, mask = ids.to(self.device), mask.to(self.device)
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
+        scored = [s for s in new if s.request.sampling.prompt_logprobs is not None]
         logits = self._forward(
             new,
+            all_logits=bool(scored),
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids,
             past_key_values=cache,
             cache_position=torch.arange(width, device=self.device),
         )
+        if scored:
+            for i, s in enumerate(new):
+                if s.request.sampling.prompt_logprobs is not None:
+                    s.prompt_logprobs = _prompt_logprobs(logits[i], s, width)
+            logits = logits[:, -1, :]
         self._merge(new, cache, mask)
         return logits
 

@@ -88,6 +88,7 @@ class TransformersEngine(HFTokenizerEngine):
         self._commands: collections.deque[Callable[[], None]] = collections.deque()
         self._stopping = False
         self._loras: dict[int, LoraSpec] = {}  # loaded in PEFT, keyed by lora_id
+        self._grammars: Any = None  # _tf_grammar.Grammars, built on the first constrained request
         self.error: BaseException | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -236,12 +237,24 @@ class TransformersEngine(HFTokenizerEngine):
             with contextlib.suppress(RuntimeError):  # the loop closed: nobody is listening any more
                 loop.call_soon_threadsafe(queue.put_nowait, item)
 
+        s = request.sampling
+        matcher = None
+        if s.constraint is not None:
+            # Compiling a schema can take a while: not on the event loop, not on the worker.
+            matcher = await asyncio.to_thread(self._matcher, s.constraint)
         seq = Seq(
             request=request,
             post=post,
-            stopper=StopChecker(self._require_tokenizer().hf, request.sampling.stop),
+            stopper=StopChecker(
+                self._require_tokenizer().hf,
+                s.stop,
+                skip_special_tokens=s.skip_special_tokens,
+                include_stop=s.include_stop_str_in_output,
+            ),
             adapter=BASE_ADAPTER if request.lora is None else _adapter_name(request.lora),
-            generator=make_generator(request.sampling.seed) if request.sampling.temperature > 0 else None,
+            generator=make_generator(s.seed) if s.temperature > 0 else None,
+            matcher=matcher,
+            eos=frozenset(() if s.ignore_eos else self._eos) | frozenset(s.stop_token_ids),
         )
         with self._cond:
             self._waiting.append(seq)
@@ -263,6 +276,14 @@ class TransformersEngine(HFTokenizerEngine):
                 # wait for the worker to confirm, so stats() is right as soon as we return.
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._call(lambda: self._remove(request.request_id, notify=False)))
+
+    def _matcher(self, constraint: Any) -> Any:
+        from forge_gateway.engines._tf_grammar import Grammars
+
+        if self._grammars is None:
+            assert self._vocab_size is not None
+            self._grammars = Grammars(self._require_tokenizer().hf, self._vocab_size, sorted(self._eos))
+        return self._grammars.matcher(constraint)
 
     async def abort(self, request_id: str) -> None:
         """Take a request out of the batch; its stream ends with ``finish_reason="abort"``."""
@@ -401,7 +422,9 @@ class TransformersEngine(HFTokenizerEngine):
         self._batch.seqs, self._batch.cache, self._batch.mask = [], None, None
 
     def _step(self, new: list[Any]) -> None:
-        from forge_gateway.engines._tf_batch import sample_next
+        import torch
+
+        from forge_gateway.engines._tf_batch import position_logprobs, sample_next
 
         batch = self._batch
         if new:
@@ -412,7 +435,24 @@ class TransformersEngine(HFTokenizerEngine):
             seqs = batch.seqs
         else:
             return
-        outputs = [self._advance(seq, sample_next(row, seq)) for row, seq in zip(logits, seqs, strict=True)]
+        # Log-probs report the model's own distribution: taken before any constraint or penalty.
+        raw = {
+            i: torch.log_softmax(logits[i].float(), dim=-1)
+            for i, seq in enumerate(seqs)
+            if seq.request.sampling.logprobs is not None
+        }
+        matchers = [seq.matcher for seq in seqs]
+        if any(m is not None for m in matchers):
+            self._grammars.mask(logits, matchers)
+        tokens = [sample_next(row, seq) for row, seq in zip(logits, seqs, strict=True)]
+        outputs = []
+        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
+            output = self._advance(seq, token)
+            if i in raw:
+                output.logprobs = [position_logprobs(raw[i], token, seq.request.sampling.logprobs)]
+            if seq.prompt_logprobs is not None:
+                output.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
+            outputs.append(output)
         # Leave the batch before the final output is posted, so a caller that sees it also sees stats() drop.
         batch.drop_finished()
         for seq, output in zip(seqs, outputs, strict=True):
@@ -423,12 +463,18 @@ class TransformersEngine(HFTokenizerEngine):
         seq.generated.append(token)
         seq.pending = token
         reason = None
-        if token in self._eos and not s.ignore_eos:
+        if seq.matcher is not None and not seq.matcher.accept_token(token):
+            # The mask allows only tokens the grammar accepts; refusing one means a broken grammar state.
+            raise InferenceError(f"the output constraint refused token {token}")
+        if token in seq.eos:
             text = seq.stopper.push([], final=True)
             reason = "stop"
         else:
             text = seq.stopper.push([token])
             if seq.stopper.stopped:
+                reason = "stop"
+            elif seq.matcher is not None and seq.matcher.is_terminated():
+                text += seq.stopper.push([], final=True)
                 reason = "stop"
             elif len(seq.generated) >= s.max_tokens:
                 text += seq.stopper.push([], final=True)

@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, check_request
-from forge_gateway.engines.base import EngineOutput, EngineRequest, EngineStats, LoraSpec
+from forge_gateway.engines.base import (
+    LOGPROB_FLOOR,
+    Constraint,
+    EngineOutput,
+    EngineRequest,
+    EngineStats,
+    LoraSpec,
+    TokenLogprobs,
+)
 from forge_gateway.engines.vllm_lora import IDENTITY_LORA_ID, IDENTITY_LORA_NAME, write_identity_lora
 from forge_gateway.engines.vllm_parallel import check_parallelism
 from forge_sdk.errors import (
@@ -355,11 +363,22 @@ class VLLMEngine(HFTokenizerEngine):
                 max_tokens=s.max_tokens,
                 temperature=s.temperature,
                 top_p=s.top_p,
+                top_k=s.top_k,
+                min_p=s.min_p,
                 seed=s.seed,
                 stop=list(s.stop) or None,
+                stop_token_ids=list(s.stop_token_ids) or None,
                 presence_penalty=s.presence_penalty,
                 frequency_penalty=s.frequency_penalty,
+                repetition_penalty=s.repetition_penalty,
+                min_tokens=s.min_tokens,
                 ignore_eos=s.ignore_eos,
+                skip_special_tokens=s.skip_special_tokens,
+                include_stop_str_in_output=s.include_stop_str_in_output,
+                logit_bias=dict(s.logit_bias) if s.logit_bias else None,
+                logprobs=s.logprobs,
+                prompt_logprobs=s.prompt_logprobs,
+                structured_outputs=_structured_outputs(s.constraint),
                 output_kind=RequestOutputKind.DELTA,
             )
         except Exception as exc:  # VLLMValidationError and ValueError: values vLLM refuses
@@ -425,6 +444,10 @@ class VLLMEngine(HFTokenizerEngine):
                     finish_reason=reason,
                     prompt_tokens=n_prompt,
                     completion_tokens=completion,
+                    logprobs=_logprobs(seq.token_ids, seq.logprobs, params.logprobs),
+                    prompt_logprobs=_prompt_logprobs(
+                        request.prompt_token_ids, out.prompt_logprobs, params.prompt_logprobs
+                    ),
                 )
         except EngineDeadError as exc:
             raise EngineUnavailableError(f"the vLLM engine died: {exc}") from exc
@@ -478,3 +501,69 @@ class VLLMEngine(HFTokenizerEngine):
             raise InvalidRequestError(f"lora_id {IDENTITY_LORA_ID} is reserved", param="model")
         await self._llm.remove_lora(lora.lora_id)
         self._loras.pop(lora.lora_id, None)
+
+
+def _structured_outputs(constraint: Constraint | None) -> Any:
+    """vLLM's ``StructuredOutputsParams`` for a constraint (its xgrammar/guidance backends do the work)."""
+    if constraint is None:
+        return None
+    import json
+
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kind, value = constraint.kind, constraint.value
+    if kind in ("json", "json_object") and constraint.compact:
+        # vLLM 0.32 reads disable_any_whitespace from the engine config only; per request, compile
+        # the schema to a whitespace-free grammar with xgrammar (vLLM's own backend) instead.
+        import xgrammar as xgr
+
+        schema = json.dumps(value if kind == "json" else {"type": "object"})
+        try:
+            grammar = xgr.Grammar.from_json_schema(schema, any_whitespace=False, separators=(",", ":"))
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise InvalidRequestError(f"cannot compile the output constraint: {exc}") from exc
+        return StructuredOutputsParams(grammar=str(grammar))
+    if kind == "json":
+        return StructuredOutputsParams(json=json.dumps(value))
+    if kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if kind == "regex":
+        return StructuredOutputsParams(regex=value)
+    if kind == "choice":
+        return StructuredOutputsParams(choice=list(value))
+    return StructuredOutputsParams(grammar=value)
+
+
+def _position(chosen: int, entries: Any, k: int) -> TokenLogprobs:
+    """One position of vLLM's log-probs (``{token id: Logprob}``, sampled token included)."""
+
+    def clamp(value: float) -> float:
+        return value if value > LOGPROB_FLOOR else LOGPROB_FLOOR
+
+    entry = entries.get(chosen)
+    ranked = sorted(
+        ((tid, lp) for tid, lp in entries.items() if lp.rank is not None and lp.rank <= k),
+        key=lambda item: item[1].rank,
+    )
+    return TokenLogprobs(
+        token_id=chosen,
+        logprob=clamp(entry.logprob) if entry is not None else LOGPROB_FLOOR,
+        top=[(tid, clamp(lp.logprob)) for tid, lp in ranked[:k]],
+    )
+
+
+def _logprobs(token_ids: Any, logprobs: Any, k: int | None) -> list[TokenLogprobs] | None:
+    if k is None or logprobs is None:
+        return None
+    return [_position(int(tid), entries, k) for tid, entries in zip(token_ids, logprobs, strict=False)]
+
+
+def _prompt_logprobs(
+    prompt_ids: list[int], logprobs: Any, k: int | None
+) -> list[TokenLogprobs | None] | None:
+    if k is None or not logprobs:
+        return None
+    return [
+        None if entries is None else _position(int(tid), entries, k)
+        for tid, entries in zip(prompt_ids, logprobs, strict=False)
+    ]
