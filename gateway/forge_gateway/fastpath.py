@@ -24,13 +24,13 @@ from typing import Any
 import msgspec
 import structlog
 
-from forge_gateway.oai.decoding import request_decoder
+from forge_gateway.oai.decoding import query_text, request_decoder
 from forge_gateway.routing import RESOLVED_TARGET, Target
 from forge_gateway.security.policy import POLICY_SCOPE_KEY
 from forge_gateway.state import Gateway
 from forge_gateway.upstream import with_model
 from forge_sdk.errors import ExpertUnavailableError, LargeForgeAIError, UpstreamError
-from forge_sdk.types import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse, message_text
+from forge_sdk.types import ChatCompletionRequest, CompletionRequest, ErrorBody, ErrorResponse
 
 __all__ = ["RemoteFastPath"]
 
@@ -56,15 +56,6 @@ class _WithUsage(msgspec.Struct):
 
 
 _usage_decoder = msgspec.json.Decoder(_WithUsage)
-
-
-def _query_text(request: Any) -> str:
-    if isinstance(request, ChatCompletionRequest):
-        for message in reversed(request.messages):
-            if message.role == "user":
-                return message_text(message)
-        return message_text(request.messages[-1])
-    return request.prompt if isinstance(request.prompt, str) else request.prompt[0]
 
 
 def _headers(target: Target, content_type: bytes, stream: bool) -> list[tuple[bytes, bytes]]:
@@ -110,7 +101,7 @@ class RemoteFastPath:
             return
         try:
             request = self._decoders[upstream_path].decode(body)
-            target = await self.gateway.catalog.aresolve(request.model, lambda: _query_text(request))
+            target = await self.gateway.catalog.aresolve(request.model, lambda: query_text(request))
         except (msgspec.DecodeError, LargeForgeAIError):
             target = None  # Litestar renders the error
         if target is None or target.expert is None or target.expert.kind != "remote":
