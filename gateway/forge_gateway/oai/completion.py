@@ -61,8 +61,11 @@ async def _plans(
     rid = None
     plans: list[GenerationPlan] = []
     echoes: list[str] = []
+    vocab = engine.vocab_size
     for prompt in prompts:
         ids = prompt if isinstance(prompt, list) else None
+        if ids is not None and vocab is not None and not all(0 <= t < vocab for t in ids):
+            raise InvalidRequestError(f"prompt token ids must lie in [0, {vocab})", param="prompt")
         plan = await plan_generation(
             engine,
             messages=None,
