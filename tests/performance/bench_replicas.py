@@ -67,7 +67,15 @@ def _wrk_start(url: str, key: str, conns: int, duration: float, workdir: Path) -
     # One script per run and target: a shared file rewritten while another wrk reads it is empty.
     script = Path(tempfile.mkstemp(suffix=".lua", dir=workdir)[1])
     script.write_text(_LUA % (key, json.dumps(_REQUEST, separators=(",", ":"))))
-    cmd = ["wrk", "-t1", f"-c{conns}", f"-d{max(1, round(duration))}s", "-s", str(script), url + "/v1/chat/completions"]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{conns}",
+        f"-d{max(1, round(duration))}s",
+        "-s",
+        str(script),
+        url + "/v1/chat/completions",
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
