@@ -168,7 +168,10 @@ class RateLimitConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     backend: Literal["memory", "redis"] = "memory"
     """``redis`` shares limits across gateway replicas."""
     redis_url: str = "redis://127.0.0.1:6379/0"
-    """Redis URL for the ``redis`` backend."""
+    """Redis URL for the ``redis`` backend (its password never appears in errors or logs)."""
+    redis_timeout: Annotated[float, Meta(gt=0, le=10)] = 1.0
+    """Seconds one Redis call may take (connect included, no client retries): a partitioned
+    Redis fails requests closed (503 ``rate_limiter_unavailable``) after this, never hangs them."""
     default_rpm: Annotated[int, Meta(ge=0)] = 0
     """Requests per minute for keys created without ``--rpm`` (0: unlimited)."""
     default_tpm: Annotated[int, Meta(ge=0)] = 0

@@ -17,7 +17,14 @@ from forge_gateway.security.auth import Authenticator, is_loopback
 from forge_gateway.security.context import RequestContext, current_request
 from forge_gateway.security.ledger import UsageLedger
 from forge_gateway.security.metrics import GatewayMetrics
-from forge_gateway.security.ratelimit import Decision, MemoryBackend, RateLimitBackend, RedisBackend
+from forge_gateway.security.ratelimit import (
+    Decision,
+    MemoryBackend,
+    RateLimitBackend,
+    RedisBackend,
+    redact_secret,
+    redact_url,
+)
 from forge_gateway.security.store import KeyBackend, open_store
 from forge_sdk.errors import (
     ConfigurationError,
@@ -78,11 +85,12 @@ def preflight(config: GatewayConfig) -> None:
     if config.rate_limit.backend == "redis":
         import redis
 
+        url = config.rate_limit.redis_url
         try:
-            redis.Redis.from_url(config.rate_limit.redis_url, socket_connect_timeout=3).ping()
+            redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3).ping()
         except (redis.RedisError, ValueError) as exc:
             raise ConfigurationError(
-                f"rate_limit.backend is redis but {config.rate_limit.redis_url} is unreachable: {exc}"
+                f"rate_limit.backend is redis but {redact_url(url)} is unreachable: {redact_secret(str(exc), url)}"
             ) from exc
 
 
@@ -119,7 +127,7 @@ class SecurityLayer:
         self.ledger = UsageLedger(self.store, flush_interval=config.auth.usage_flush_interval)
         rl = config.rate_limit
         self.backend: RateLimitBackend = (
-            RedisBackend(rl.redis_url) if rl.backend == "redis" else MemoryBackend()
+            RedisBackend(rl.redis_url, timeout=rl.redis_timeout) if rl.backend == "redis" else MemoryBackend()
         )
         limits = config.limits
         self.admission = AdmissionController(limits.max_concurrent, limits.max_queue, limits.queue_timeout)
@@ -135,9 +143,11 @@ class SecurityLayer:
             try:
                 await self.backend.ping()
             except Exception as exc:
+                url = self.config.rate_limit.redis_url
                 raise ConfigurationError(
-                    f"rate_limit.backend is redis but {self.config.rate_limit.redis_url} is unreachable: {exc}"
-                ) from exc
+                    f"rate_limit.backend is redis but {redact_url(url)} is unreachable: "
+                    f"{redact_secret(str(exc) or type(exc).__name__, url)}"
+                ) from None  # the chained redis error may carry the URL
         await self.authenticator.start()
         await self.ledger.start()
         if self.authenticator.open:
@@ -217,7 +227,8 @@ class SecurityLayer:
         try:
             return await self.backend.acquire(bucket, limit, cost)
         except Exception as exc:
-            log.error("rate_limiter_unavailable", error=str(exc))
+            why = redact_secret(str(exc) or type(exc).__name__, self.config.rate_limit.redis_url)
+            log.error("rate_limiter_unavailable", error=why)
             raise OverloadedError(
                 "rate limiter unavailable; retry later",
                 code="rate_limiter_unavailable",
@@ -244,7 +255,8 @@ class SecurityLayer:
             try:
                 await self.backend.adjust("t:" + key.id, tpm, delta)
             except Exception as exc:  # never fail a finished request over bookkeeping
-                log.warning("tpm_reconcile_failed", error=str(exc))
+                why = redact_secret(str(exc) or type(exc).__name__, self.config.rate_limit.redis_url)
+                log.warning("tpm_reconcile_failed", error=why)
 
 
 async def admit(target: Target, estimated_tokens: int) -> None:

@@ -15,12 +15,22 @@ one exact limit.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Decision", "MemoryBackend", "RateLimitBackend", "RedisBackend", "rate_limit_headers"]
+__all__ = [
+    "Decision",
+    "MemoryBackend",
+    "RateLimitBackend",
+    "RedisBackend",
+    "rate_limit_headers",
+    "redact_url",
+    "redact_secret",
+]
 
 PERIOD = 60.0
 """Seconds in the limit's window: limits are per minute."""
@@ -134,27 +144,66 @@ return 1
 """
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: safe for errors and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***@" if parts.username else ":***@"
+    return urlunsplit((parts.scheme, user + netloc, parts.path, parts.query, parts.fragment))
+
+
+def redact_secret(text: str, url: str) -> str:
+    """``text`` (an error message) with the password of ``url`` blanked out wherever it appears."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    text = text.replace(url, redact_url(url))
+    return text.replace(password, "***") if password else text
+
+
 class RedisBackend:
     """GCRA state in Redis, shared by every gateway replica using the same URL.
 
+    Every call is bounded by ``timeout`` (connect and socket timeouts plus an overall deadline,
+    no client-side retries): a partitioned Redis fails closed within a second instead of
+    hanging requests.
+
     Args:
-        url: ``redis://host:port/db``.
+        url: ``redis://[:password@]host:port/db``.
         prefix: key prefix for the buckets.
+        timeout: seconds one call may take.
     """
 
-    def __init__(self, url: str, *, prefix: str = "forge:rl:") -> None:
+    def __init__(self, url: str, *, prefix: str = "forge:rl:", timeout: float = 1.0) -> None:
         import redis.asyncio as aioredis
 
         self.prefix = prefix
-        self._redis: Any = aioredis.Redis.from_url(url)
+        self.timeout = timeout
+        self._redis: Any = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout,
+            socket_timeout=timeout,
+            retry_on_timeout=False,
+            retry=None,
+        )
         self._acquire = self._redis.register_script(_ACQUIRE_LUA)
         self._adjust = self._redis.register_script(_ADJUST_LUA)
 
     async def ping(self) -> None:
-        await self._redis.ping()
+        async with asyncio.timeout(self.timeout):
+            await self._redis.ping()
 
     async def acquire(self, bucket: str, limit: int, cost: int) -> Decision:
-        allowed, used, retry = await self._acquire(keys=[self.prefix + bucket], args=[limit, cost, PERIOD])
+        async with asyncio.timeout(self.timeout):
+            allowed, used, retry = await self._acquire(
+                keys=[self.prefix + bucket], args=[limit, cost, PERIOD]
+            )
         retry_after = float(retry)
         if not allowed and cost > limit:
             retry_after = math.inf
@@ -162,7 +211,8 @@ class RedisBackend:
 
     async def adjust(self, bucket: str, limit: int, delta: int) -> None:
         if delta:
-            await self._adjust(keys=[self.prefix + bucket], args=[limit, delta, PERIOD])
+            async with asyncio.timeout(self.timeout):
+                await self._adjust(keys=[self.prefix + bucket], args=[limit, delta, PERIOD])
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -129,7 +129,7 @@ class KeywordClassifier(Classifier):
         ranked = sorted(self.experts.values(), key=lambda e: -getattr(e, "priority", 0))
         for expert in ranked:
             for keyword in expert.keywords:
-                folded = " ".join(keyword.lower().split())
+                folded = " ".join(keyword.casefold().split())
                 if folded:
                     owners.setdefault(folded, expert.name)
         # Longer keywords first, so "machine learning" wins over "machine" at the same spot. One
@@ -146,8 +146,12 @@ class KeywordClassifier(Classifier):
         if self._pattern is None:
             return found
         for hit in self._pattern.findall(query):
-            keyword = " ".join(hit.lower().split())
-            found.setdefault(self._owners[keyword], []).append(keyword)
+            # casefold, not lower: IGNORECASE matches a long s (U+017F) for "s" and the Kelvin
+            # sign for "k", which lower() leaves as they are. A hit whose folding still differs is skipped.
+            keyword = " ".join(hit.casefold().split())
+            owner = self._owners.get(keyword)
+            if owner is not None:
+                found.setdefault(owner, []).append(keyword)
         return found
 
     def classify_with_confidence(self, query: str) -> Classification:
