@@ -148,7 +148,7 @@ def test_sigint_saves_checkpoint_exits_130_then_resumes(tiny_model_dir, sft_file
         "--output",
         str(out),
         "--max-length",
-        "64",
+        "128",  # keeps the assistant turn (the loss is on it only)
         "--logging-steps",
         "1",
         "--save-steps",
@@ -211,7 +211,7 @@ def test_accelerate_launch_cpu(tiny_model_dir, sft_file, tmp_path):
         "--max-steps",
         "3",
         "--max-length",
-        "64",
+        "128",  # keeps the assistant turn (the loss is on it only)
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     summary = ", ".join(
         f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result.metrics.items()
     )
-    print(f"{PROG}: {args.command} done: {summary}; output in {result.output_dir}")
+    where = f"; output in {result.output_dir}" if result.output_dir else ""
+    print(f"{PROG}: {args.command} done: {summary}{where}")
     return 0
 
 

@@ -58,8 +58,8 @@ class BaseTrainingConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Per-device batch size."""
     gradient_accumulation_steps: Annotated[int, Meta(ge=1)] = 1
     """Micro-batches per optimizer step."""
-    learning_rate: Annotated[float, Meta(gt=0)] = 2e-4
-    """Peak learning rate."""
+    learning_rate: Annotated[float, Meta(gt=0)] | None = None
+    """Peak learning rate (None: 2e-4 for a LoRA adapter, 2e-5 for full fine-tuning)."""
     max_seq_length: Annotated[int, Meta(ge=8)] = 1024
     """Longest sequence in tokens (TRL's ``max_length``)."""
     seed: int = 42
@@ -92,9 +92,14 @@ class _MethodConfig(BaseTrainingConfig, kw_only=True):
     warmup_ratio: Annotated[float, Meta(ge=0.0, lt=1.0)] = 0.0
     """Fraction of the steps spent warming the learning rate up."""
     save_total_limit: Annotated[int, Meta(ge=1)] | None = None
-    """Keep at most this many checkpoints (None: keep all)."""
+    """Keep at most this many checkpoints (None: all for LoRA; 2 for full fine-tuning, whose
+    checkpoints are whole models plus optimizer state)."""
     specialization: str = "general"
     """Domain label written to the registry entry when ``register`` is set."""
+    keywords: list[str] = field(default_factory=list)
+    """Routing keywords written to the registry entry (the keyword classifier matches them)."""
+    priority: int = 0
+    """Registry priority of the entry: higher wins when several experts match a query."""
 
 
 class SFTConfig(_MethodConfig, kw_only=True):
@@ -102,8 +107,9 @@ class SFTConfig(_MethodConfig, kw_only=True):
 
     packing: bool = False
     """Pack several short examples into each ``max_seq_length`` window."""
-    assistant_only_loss: bool = False
-    """Compute the loss on assistant turns only (needs ``{% generation %}`` in the chat template)."""
+    assistant_only_loss: bool = True
+    """Learn from the assistant turns only (prompt, system and user tokens get label -100), on
+    any chat template; False: every token of the rendered conversation."""
 
 
 class PretrainConfig(_MethodConfig, kw_only=True):

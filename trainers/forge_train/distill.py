@@ -128,6 +128,9 @@ class Distiller:
         cfg = self.config
 
         def load(name: str, role: str):
+            from forge_sdk.models import resolve_model
+
+            name = resolve_model(name)  # a catalogue name or GGUF file: its converted folder
             try:
                 return AutoTokenizer.from_pretrained(name), AutoModelForCausalLM.from_pretrained(
                     name, dtype="auto"

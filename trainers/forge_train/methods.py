@@ -28,6 +28,10 @@ from forge_train.config import (
 __all__ = ["DPOMethod", "ORPOMethod", "PretrainMethod", "SFTMethod", "register_training_methods"]
 
 
+def _keyword_list(text: str) -> list[str]:
+    return [word.strip() for word in text.split(",") if word.strip()]
+
+
 class _Flag(msgspec.Struct, frozen=True):
     flag: str
     path: str
@@ -75,7 +79,7 @@ _COMMON: list[_Flag] = [
         "N",
     ),
     _Flag("--grad-accum", "gradient_accumulation_steps", "micro-batches per optimizer step", int, "N"),
-    _Flag("--lr", "learning_rate", "peak learning rate", float, "LR"),
+    _Flag("--lr", "learning_rate", "peak learning rate (default: 2e-4 LoRA, 2e-5 with --full)", float, "LR"),
     _Flag(
         "--lr-scheduler", "lr_scheduler_type", "linear, cosine, constant or constant_with_warmup", str, "NAME"
     ),
@@ -101,7 +105,7 @@ _COMMON: list[_Flag] = [
     _Flag(
         "--full",
         "use_lora",
-        "full fine-tuning instead of a LoRA adapter",
+        "full fine-tuning instead of a LoRA adapter (defaults: --lr 2e-5, --save-total-limit 2)",
         action="store_const",
         const=False,
         group="LoRA / QLoRA",
@@ -158,6 +162,22 @@ _COMMON: list[_Flag] = [
         "specialization",
         "domain label of the registered expert (code, math, ...)",
         metavar="LABEL",
+        group="expert registry",
+    ),
+    _Flag(
+        "--keywords",
+        "keywords",
+        "comma-separated routing keywords of the registered expert",
+        _keyword_list,
+        "K1,K2",
+        group="expert registry",
+    ),
+    _Flag(
+        "--priority",
+        "priority",
+        "registry priority: the highest wins among experts of one specialization",
+        int,
+        "N",
         group="expert registry",
     ),
 ]
@@ -269,9 +289,8 @@ class SFTMethod(_CoreMethod):
         _Flag(
             "--assistant-only-loss",
             "assistant_only_loss",
-            "learn from assistant turns only (needs {% generation %} in the chat template)",
-            action="store_const",
-            const=True,
+            "learn from assistant turns only, on any chat template (--no-assistant-only-loss: every token)",
+            action=argparse.BooleanOptionalAction,
             group="method",
         ),
     ]
@@ -335,6 +354,8 @@ class ORPOMethod(_CoreMethod):
 
 @hookimpl
 def register_training_methods(register: Callable[[Any], None]) -> None:
-    """Register sft, pretrain, dpo and orpo."""
-    for method in (SFTMethod, PretrainMethod, DPOMethod, ORPOMethod):
+    """Register sft, pretrain, dpo, orpo and eval."""
+    from forge_train.evaluate import EvalMethod
+
+    for method in (SFTMethod, PretrainMethod, DPOMethod, ORPOMethod, EvalMethod):
         register(method)

@@ -30,7 +30,9 @@ __all__ = [
     "common_training_args",
     "load_model",
     "load_tokenizer",
+    "learning_rate",
     "lora_config",
+    "model_source",
     "registry_path",
     "run_training",
 ]
@@ -62,6 +64,15 @@ def _check_local(name: str) -> None:
         raise ModelError(f"model folder not found: {name}")
 
 
+def model_source(name: str) -> str:
+    """What ``from_pretrained`` should load for ``--model name``: a catalogue name or a GGUF file
+    becomes its cached, converted folder (:func:`forge_sdk.models.resolve_model`)."""
+    from forge_sdk.models import resolve_model
+
+    _check_local(name)
+    return resolve_model(name, progress=logger.info)
+
+
 def load_tokenizer(name: str) -> Any:
     """Load a tokenizer and make sure it can pad.
 
@@ -70,7 +81,7 @@ def load_tokenizer(name: str) -> Any:
     """
     from transformers import AutoTokenizer
 
-    _check_local(name)
+    name = model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except (OSError, ValueError) as exc:
@@ -90,7 +101,7 @@ def load_model(name: str, *, load_in_4bit: bool = False) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    _check_local(name)
+    name = model_source(name)
     cuda = _cuda()
     kwargs: dict[str, Any] = {
         "dtype": torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
@@ -155,7 +166,7 @@ def common_training_args(cfg: BaseTrainingConfig, batch_size: int, grad_accum: i
         "max_steps": cfg.max_steps,
         "per_device_train_batch_size": batch_size,
         "gradient_accumulation_steps": grad_accum,
-        "learning_rate": cfg.learning_rate,
+        "learning_rate": learning_rate(cfg),
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         "save_strategy": "steps",
@@ -171,9 +182,26 @@ def common_training_args(cfg: BaseTrainingConfig, batch_size: int, grad_accum: i
     for name in ("lr_scheduler_type", "save_total_limit"):
         if hasattr(cfg, name):
             args[name] = getattr(cfg, name)
+    if not cfg.use_lora and args.get("save_total_limit") is None:
+        args["save_total_limit"] = FULL_SAVE_TOTAL_LIMIT
     # transformers 5 folds warmup_ratio into warmup_steps (a float in [0, 1) is a ratio).
     args["warmup_steps"] = getattr(cfg, "warmup_ratio", 0.0)
     return args
+
+
+LORA_LEARNING_RATE = 2e-4
+"""Default peak learning rate of a LoRA adapter (SDD §5.2)."""
+FULL_LEARNING_RATE = 2e-5
+"""Default peak learning rate of full fine-tuning: every weight moves, so ten times gentler."""
+FULL_SAVE_TOTAL_LIMIT = 2
+"""Checkpoints kept by default in full fine-tuning (each is a whole model plus optimizer state)."""
+
+
+def learning_rate(cfg: BaseTrainingConfig) -> float:
+    """The configured learning rate, else the default for LoRA or full fine-tuning."""
+    if cfg.learning_rate is not None:
+        return cfg.learning_rate
+    return LORA_LEARNING_RATE if cfg.use_lora else FULL_LEARNING_RATE
 
 
 def registry_path(cfg: BaseTrainingConfig) -> Path:
@@ -358,7 +386,9 @@ _register_lock = threading.Lock()
 
 
 def _resolved(name: str) -> str:
-    # A local base must be an absolute path: whoever reads the manifest or registry runs elsewhere.
+    # A local base must be an absolute path: whoever reads the manifest or registry runs elsewhere;
+    # a catalogue name or GGUF file is recorded as the converted folder the adapter was trained on.
+    name = model_source(name)
     return str(Path(name).resolve()) if Path(name).is_dir() else name
 
 
@@ -372,6 +402,8 @@ def _register(cfg: BaseTrainingConfig, method: str, steps: int) -> None:
         trained_on=cfg.dataset_path or None,
         training_steps=steps,
         specialization=getattr(cfg, "specialization", "general"),
+        keywords=list(getattr(cfg, "keywords", [])),
+        priority=getattr(cfg, "priority", 0),
         description=f"forge-train {method} of {cfg.model_name} on {cfg.dataset_path}",
     )
     with _register_lock:

@@ -8,10 +8,10 @@ which runs it and writes the outputs. Each returns the trainer.
 from __future__ import annotations
 
 import os
-import re
 from typing import TYPE_CHECKING, Any
 
 from forge_sdk.errors import ConfigurationError
+from forge_train.chat_labels import tokenize_chat_dataset
 from forge_train.config import BaseTrainingConfig, DPOConfig, ORPOConfig, PretrainConfig, SFTConfig
 from forge_train.data import load_dpo_dataset, load_pretrain_dataset, load_sft_dataset
 from forge_train.runner import common_training_args, load_model, load_tokenizer, lora_config, run_training
@@ -20,8 +20,6 @@ if TYPE_CHECKING:
     from datasets import Dataset
 
 __all__ = ["train_dpo", "train_orpo", "train_pretrain", "train_sft"]
-
-_GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 def _need_dataset(cfg: BaseTrainingConfig, dataset: Dataset | None) -> None:
@@ -52,20 +50,16 @@ def train_sft(
     _need_dataset(config, dataset)
     data = dataset if dataset is not None else load_sft_dataset(config.dataset_path, limit=_limit(config))
     tokenizer = load_tokenizer(config.model_name)
-    if config.assistant_only_loss and not _GENERATION_MARKER.search(tokenizer.chat_template or ""):
-        raise ConfigurationError(
-            "assistant_only_loss needs a chat template with {% generation %} markers; this tokenizer's has none"
-        )
+    if config.assistant_only_loss and "messages" in data.column_names:
+        # Labels from the model's own template, prefix by prefix: TRL's assistant_only_loss would
+        # need {% generation %} markers that real templates lack (see forge_train.chat_labels).
+        data = tokenize_chat_dataset(data, tokenizer)
 
     def factory(batch: int, accum: int, cbs: list[Any]) -> Any:
         from trl import SFTConfig as TRLSFTConfig
         from trl import SFTTrainer
 
-        args = TRLSFTConfig(
-            **common_training_args(config, batch, accum),
-            packing=config.packing,
-            assistant_only_loss=config.assistant_only_loss,
-        )
+        args = TRLSFTConfig(**common_training_args(config, batch, accum), packing=config.packing)
         return _build_trainer(SFTTrainer, config, args, data, tokenizer, cbs)
 
     return run_training(config, "sft", factory, callbacks=callbacks)
@@ -134,8 +128,8 @@ def train_dpo(
         forge_sdk.errors.LargeForgeAIError: bad config, data or model.
     """
     _need_dataset(config, dataset)
-    data = dataset if dataset is not None else load_dpo_dataset(config.dataset_path, limit=_limit(config))
     tokenizer = load_tokenizer(config.model_name)
+    data = dataset if dataset is not None else _preference_data(config, tokenizer)
 
     def factory(batch: int, accum: int, cbs: list[Any]) -> Any:
         from trl import DPOConfig as TRLDPOConfig
@@ -169,8 +163,8 @@ def train_orpo(
         forge_sdk.errors.LargeForgeAIError: bad config, data or model.
     """
     _need_dataset(config, dataset)
-    data = dataset if dataset is not None else load_dpo_dataset(config.dataset_path, limit=_limit(config))
     tokenizer = load_tokenizer(config.model_name)
+    data = dataset if dataset is not None else _preference_data(config, tokenizer)
 
     def factory(batch: int, accum: int, cbs: list[Any]) -> Any:
         # ORPO lives in trl.experimental; we pin TRL, so its "unstable API" warning is noise.
@@ -182,6 +176,16 @@ def train_orpo(
         return _build_trainer(ORPOTrainer, config, args, data, tokenizer, cbs)
 
     return run_training(config, "orpo", factory, callbacks=callbacks)
+
+
+def _preference_data(config: BaseTrainingConfig, tokenizer: Any) -> Dataset:
+    """Preference pairs, conversational when the model has a chat template.
+
+    The gateway serves every chat through the template, so plain prompt/chosen/rejected strings
+    become a user turn and assistant turns, and TRL renders them as the model will see them.
+    """
+    fmt = "conversational" if getattr(tokenizer, "chat_template", None) else "standard"
+    return load_dpo_dataset(config.dataset_path, format=fmt, limit=_limit(config))
 
 
 def _build_trainer(

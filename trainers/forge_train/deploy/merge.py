@@ -37,7 +37,9 @@ def merge_lora_weights(base: str | Path, lora: str | Path, output: str | Path) -
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base, lora, output = str(base), Path(lora), Path(output)
+    from forge_sdk.models import resolve_model
+
+    base, lora, output = resolve_model(str(base)), Path(lora), Path(output)
     if not lora.is_dir():
         raise ModelNotFoundError(f"adapter folder not found: {lora}")
     adapter_cfg_path = lora / "adapter_config.json"

@@ -14,6 +14,7 @@ install command). Build it ahead of time (setup, CI) with
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -28,11 +29,14 @@ __all__ = [
     "LLMCOMPRESSOR_VERSION",
     "QUANT_VENV_ENV",
     "ensure_quant_env",
+    "fit_group_size",
     "load_calibration",
     "quant_env_install_command",
     "quantize_awq",
     "quantize_gptq",
 ]
+
+logger = logging.getLogger("forge_train")
 
 QUANT_VENV_ENV = "FORGE_QUANT_VENV"
 AUTO_INSTALL_ENV = "FORGE_QUANT_AUTO_INSTALL"
@@ -199,6 +203,42 @@ def _check_model(model: str) -> None:
         )
 
 
+def fit_group_size(model: str, group_size: int) -> int:
+    """``group_size``, or the largest power of two below it that divides every linear layer's
+    input width (SmolLM2's hidden size 576 is no multiple of 128), with a notice.
+
+    Raises:
+        ConfigurationError: no group size of 32 or more divides the layers (pass --group-size -1).
+    """
+    if group_size == -1:
+        return group_size
+    try:
+        config = json.loads((Path(model) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return group_size  # a hub id: the quantizer checks
+    config = config.get("text_config") or config
+    heads = config.get("num_attention_heads") or 0
+    head_dim = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else 0)
+    widths = {w for w in (config.get("hidden_size"), config.get("intermediate_size"), heads * head_dim) if w}
+    if all(w % group_size == 0 for w in widths):
+        return group_size
+    size = group_size
+    while size > 32:
+        size //= 2
+        if all(w % size == 0 for w in widths):
+            logger.warning(
+                "group size %d does not divide the layer widths %s; using %d (pass --group-size to choose)",
+                group_size,
+                sorted(widths),
+                size,
+            )
+            return size
+    raise ConfigurationError(
+        f"group size {group_size} does not divide the layer widths {sorted(widths)}: pass --group-size "
+        "with a divisor of all of them, or -1 (per channel)"
+    )
+
+
 def _quantize(
     method: str,
     model: str | Path,
@@ -209,12 +249,16 @@ def _quantize(
     max_seq_length: int,
     num_samples: int,
 ) -> str:
+    from forge_sdk.models import resolve_model
+
     model = str(model)
+    resolved = resolve_model(model)  # a catalogue name or GGUF file: its converted folder
     if bits not in SUPPORTED_BITS:
         raise ConfigurationError(f"bits must be one of {SUPPORTED_BITS} (vLLM's W4A16/W8A16), got {bits}")
     if group_size == 0 or group_size < -1:
         raise ConfigurationError(f"group_size must be positive, or -1 for per-channel; got {group_size}")
-    _check_model(model)
+    _check_model(resolved)
+    group_size = fit_group_size(resolved, group_size)
     texts = load_calibration(calibration)
     python = ensure_quant_env()
     output = Path(output).resolve()
@@ -224,7 +268,7 @@ def _quantize(
         job_path, result_path = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job = {
             "method": method,
-            "model": str(Path(model).resolve()) if Path(model).exists() else model,
+            "model": str(Path(resolved).resolve()) if Path(resolved).exists() else resolved,
             "output": str(output),
             "bits": bits,
             "group_size": group_size,
