@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -81,9 +82,9 @@ def _fuzz_live(port: int, key: str) -> None:
         @settings(max_examples=40, deadline=None)
         @given(text=texts)
         def fuzz(text: str) -> None:
-            route = http.post("/route", params={"query": text})
-            assert route.status_code < 500, route.text
-            assert route.status_code in (200, 400, 413, 414, 431), route.text
+            if len(quote(text)) < 60_000:  # httpx refuses longer URLs itself (long texts go in bodies)
+                route = http.post("/route", params={"query": text})
+                assert route.status_code in (200, 400, 413, 414, 431), route.text
             body = {"model": "auto", "messages": [{"role": "user", "content": text}], "max_tokens": 1}
             chat = http.post("/v1/chat/completions", json=body)
             assert chat.status_code in (200, 400, 413), chat.text
