@@ -17,11 +17,12 @@ from litestar import Request, Response, get, post
 from litestar.response import Stream
 
 from forge_gateway.errors import validation_error
+from forge_gateway.generation import check_request_limits
 from forge_gateway.oai.chat import serve_chat
 from forge_gateway.oai.completion import serve_completion
 from forge_gateway.oai.decoding import query_text, request_decoder
 from forge_gateway.routing import AUTO, RESOLVED_TARGET, Target, route_headers
-from forge_gateway.security import admit, estimate_remote_tokens
+from forge_gateway.security import admit, authorize, estimate_remote_tokens
 from forge_gateway.security.context import caller_is_admin, caller_may_use
 from forge_gateway.security.policy import generation
 from forge_gateway.state import Gateway
@@ -82,12 +83,14 @@ async def chat_completions(request: Request[Any, Any, Any], gateway: Gateway) ->
     target = await resolve_target(request, gateway, req.model, lambda: query_text(req))
     if target.expert is not None and target.expert.kind == "remote":
         max_tokens = req.max_completion_tokens or req.max_tokens
+        check_request_limits(gateway.config.limits, messages=len(req.messages), max_tokens=max_tokens)
         await admit(target, estimate_remote_tokens(len(raw), max_tokens, req.n, gateway.config.limits))
         response, target = await gateway.forward_remote(
             target, raw, "chat/completions", stream=bool(req.stream)
         )
         if response is not None:
             return response  # type: ignore[no-any-return]
+    authorize(target)  # before a standalone engine may be started for it
     engine, target = await gateway.acquire(target)
     return await serve_chat(gateway, engine, target, req, route_headers(target))
 
@@ -99,10 +102,12 @@ async def completions(request: Request[Any, Any, Any], gateway: Gateway) -> Resp
     req: CompletionRequest = decode_body(raw, CompletionRequest, gateway.config.api.unknown_fields)
     target = await resolve_target(request, gateway, req.model, lambda: query_text(req))
     if target.expert is not None and target.expert.kind == "remote":
+        check_request_limits(gateway.config.limits, messages=None, max_tokens=req.max_tokens)
         await admit(target, estimate_remote_tokens(len(raw), req.max_tokens, req.n, gateway.config.limits))
         response, target = await gateway.forward_remote(target, raw, "completions", stream=bool(req.stream))
         if response is not None:
             return response  # type: ignore[no-any-return]
+    authorize(target)
     engine, target = await gateway.acquire(target)
     return await serve_completion(gateway, engine, target, req, route_headers(target))
 

@@ -13,9 +13,9 @@ from litestar.params import Parameter
 
 from forge_gateway.api_admin import expert_entry
 from forge_gateway.api_openai import decode_body
-from forge_gateway.generation import plan_generation, run_to_completion
+from forge_gateway.generation import check_request_limits, plan_generation, run_to_completion
 from forge_gateway.routing import Target, route_headers
-from forge_gateway.security import admit, estimate_remote_tokens
+from forge_gateway.security import admit, authorize, estimate_remote_tokens
 from forge_gateway.security.context import caller_is_admin, caller_may_use
 from forge_gateway.security.policy import PUBLIC, generation
 from forge_gateway.state import Gateway
@@ -186,6 +186,7 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
     target = await gateway.catalog.aresolve(req.expert or "auto", lambda: text)
     if target.expert is not None and target.expert.kind == "remote":
         chat = messages or [{"role": "user", "content": text}]
+        check_request_limits(gateway.config.limits, messages=len(chat), max_tokens=req.max_tokens)
         await admit(
             target,
             estimate_remote_tokens(len(await request.body()), req.max_tokens, 1, gateway.config.limits),
@@ -193,6 +194,7 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
         remote, target = await _generate_remote(gateway, target, req, chat)
         if remote is not None:
             return remote
+    authorize(target)  # before a standalone engine may be started for it
     engine, target = await gateway.acquire(target)
     plan = await plan_generation(
         engine,

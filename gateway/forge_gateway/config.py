@@ -69,6 +69,9 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     standalone_start: Literal["lazy", "startup"] = "lazy"
     """When the engines of standalone (merged / quantized) experts start: on each one's first
     request (no memory held for idle experts) or with the gateway (no first-request delay)."""
+    max_standalone_engines: Positive = 4
+    """Most standalone expert engines running at once; one more stops the least recently used
+    idle one (a key cannot make the gateway load every registered checkpoint)."""
     standalone_gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.2
     """Fraction of GPU memory each standalone expert's vLLM engine may take (the base engine's
     ``gpu_memory_utilization`` plus these must stay below 1 on a shared GPU)."""

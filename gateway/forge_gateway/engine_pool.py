@@ -9,6 +9,10 @@ delay). An engine stops when its expert is unregistered or changed, and on shutd
 
 A checkpoint that fails to start is remembered for ``retry_after`` seconds, so requests meanwhile
 fail fast (503, or the fallback expert of SDD §9.2) instead of each paying a failed load.
+
+At most ``max_running`` engines run at once (``engine.max_standalone_engines``): starting one
+more stops the least recently used idle one (it starts again on its next request); when every
+running engine is busy, the new start is refused (503 / fallback) rather than exhausting memory.
 """
 
 from __future__ import annotations
@@ -141,6 +145,7 @@ class _Slot:
     error: str | None = None
     failed_at: float = 0.0
     started_at: float | None = None
+    last_used: float = 0.0
     task: asyncio.Task[Engine] | None = field(default=None, repr=False)
 
 
@@ -150,11 +155,15 @@ class EnginePool:
     Args:
         factory: builds an unstarted engine for an expert.
         retry_after: seconds a failed start is remembered before the next request retries it.
+        max_running: most engines running (or starting) at once; None: no cap.
     """
 
-    def __init__(self, factory: EngineFactory, *, retry_after: float = 30.0) -> None:
+    def __init__(
+        self, factory: EngineFactory, *, retry_after: float = 30.0, max_running: int | None = None
+    ) -> None:
         self._factory = factory
         self.retry_after = retry_after
+        self.max_running = max_running
         self._slots: dict[str, _Slot] = {}
         self._retiring: set[asyncio.Task[None]] = set()
         self._stopping: list[_Slot] = []  # retired slots whose engines are still shutting down
@@ -232,6 +241,7 @@ class EnginePool:
             old = self._slots.pop(expert.name, None)
             self.retire_soon([old] if old else [])
             slot = self._slots[expert.name] = _Slot(expert)
+        slot.last_used = time.monotonic()
         if slot.state == "running" and slot.engine is not None:
             if (await slot.engine.health()).get("ok"):
                 return slot.engine
@@ -246,6 +256,7 @@ class EnginePool:
         if slot.state == "failed" and time.monotonic() - slot.failed_at < self.retry_after:
             raise EngineUnavailableError(f"standalone expert {expert.name!r} is unavailable: {slot.error}")
         if slot.task is None or slot.task.done():
+            self._make_room(slot)
             slot.task = asyncio.get_running_loop().create_task(self._start(slot))
         try:
             return await asyncio.shield(slot.task)
@@ -253,6 +264,28 @@ class EnginePool:
             raise EngineUnavailableError(
                 f"standalone expert {expert.name!r} is unavailable: {exc.message}"
             ) from exc
+
+    def _make_room(self, slot: _Slot) -> None:
+        """Stop the least recently used idle engine when ``slot`` would pass ``max_running``.
+
+        Raises:
+            EngineUnavailableError: every running engine is busy.
+        """
+        if self.max_running is None:
+            return
+        live = [s for s in self._slots.values() if s is not slot and s.state in ("running", "starting")]
+        if len(live) < self.max_running:
+            return
+        idle = [s for s in live if s.state == "running" and s.engine is not None and _unused(s.engine)]
+        if not idle:
+            raise EngineUnavailableError(
+                f"{len(live)} standalone engines are running and busy (engine.max_standalone_engines "
+                f"= {self.max_running}); cannot start one for {slot.expert.name!r} now"
+            )
+        victim = min(idle, key=lambda s: s.last_used)
+        log.info("standalone_engine_evicted", expert=victim.expert.name, for_expert=slot.expert.name)
+        self._slots[victim.expert.name] = _Slot(victim.expert)  # idle: its next request restarts it
+        self.retire_soon([victim])
 
     async def _start(self, slot: _Slot) -> Engine:
         name = slot.expert.name
@@ -331,3 +364,8 @@ class EnginePool:
                 entry["ok"] = slot.state != "failed"
             out[name] = entry
         return out
+
+
+def _unused(engine: Engine) -> bool:
+    stats = engine.stats()
+    return not (stats.running or stats.waiting)

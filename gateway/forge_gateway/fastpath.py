@@ -18,12 +18,13 @@ response headers rewritten to say ``fallback:...``, so local generation has one 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import msgspec
 import structlog
 
+from forge_gateway.generation import check_request_limits
 from forge_gateway.oai.decoding import query_text, request_decoder
 from forge_gateway.routing import RESOLVED_TARGET, Target
 from forge_gateway.security.policy import POLICY_SCOPE_KEY
@@ -135,12 +136,26 @@ class RemoteFastPath:
         from forge_gateway.security import admit, estimate_remote_tokens
 
         gateway = self.gateway
+        limits = gateway.config.limits
         expert = target.expert
         assert expert is not None
         max_tokens = getattr(request, "max_completion_tokens", None) or request.max_tokens
-        await admit(target, estimate_remote_tokens(len(body), max_tokens, request.n, gateway.config.limits))
-        # The client's own bytes go upstream untouched unless the model name must change.
-        upstream_body = with_model(body, expert.upstream_model or expert.name)
+        messages = getattr(request, "messages", None)
+        check_request_limits(
+            limits, messages=None if messages is None else len(messages), max_tokens=max_tokens
+        )
+        await admit(target, estimate_remote_tokens(len(body), max_tokens, request.n, limits))
+        # The client's own bytes go upstream untouched unless something must change: the model
+        # name, a missing max_tokens (capped: the TPM reservation assumed it), and for streams the
+        # usage chunk, which TPM needs; it is stripped again when the client did not ask for it.
+        changes: dict[str, Any] = {}
+        if max_tokens is None:
+            changes["max_tokens"] = limits.default_max_tokens
+        options = getattr(request, "stream_options", None)
+        client_usage = bool(options and options.include_usage)
+        if request.stream and not client_usage:
+            changes["stream_options"] = {**msgspec.to_builtins(options or {}), "include_usage": True}
+        upstream_body = with_model(body, expert.upstream_model or expert.name, **changes)
         try:
             reply = await gateway.upstreams.call(target, upstream_body, path, stream=request.stream)
         except (UpstreamError, ExpertUnavailableError) as exc:
@@ -163,12 +178,14 @@ class RemoteFastPath:
             if reply.status < 400:
                 self._record(target, reply.body)
             return
-        options = getattr(request, "stream_options", None)
-        on_tail = (
-            (lambda tail: self._record_stream(target, tail)) if options and options.include_usage else None
-        )
+        chunks = reply.stream
+        on_tail = None
+        if client_usage:
+            on_tail = lambda tail: self._record_stream(target, tail)  # noqa: E731
+        elif reply.status < 400:
+            chunks = _strip_usage(chunks, lambda event: self._record(target, event))
         await _relay_stream(
-            send, receive, reply.status, _headers(target, content_type, True), reply.stream, on_tail
+            send, receive, reply.status, _headers(target, content_type, True), chunks, on_tail
         )
 
     def _record(self, target: Target, body: bytes) -> None:
@@ -185,6 +202,46 @@ class RemoteFastPath:
             if event.startswith(b"data: {") and b'"usage"' in event:
                 self._record(target, event[6:])
                 return
+
+
+async def _strip_usage(chunks: Any, record: Callable[[bytes], None]) -> AsyncIterator[bytes]:
+    """Relay SSE ``chunks`` without the usage-only event (``"choices": []`` + ``usage``) that the
+    gateway asked for on the client's behalf; ``record`` gets that event's JSON."""
+    buffer = b""
+    try:
+        async for chunk in chunks:
+            buffer += chunk
+            if b"\n\n" not in buffer:
+                continue
+            *events, buffer = buffer.split(b"\n\n")
+            out = []
+            for event in events:
+                if event.startswith(b"data: {") and b'"usage"' in event and _usage_only(event[6:]):
+                    record(event[6:])
+                else:
+                    out.append(event + b"\n\n")
+            if out:
+                yield b"".join(out)
+        if buffer:
+            yield buffer
+    finally:
+        await chunks.aclose()
+
+
+class _ChoicesProbe(msgspec.Struct):
+    choices: list[msgspec.Raw] | None = None
+    usage: _Usage | None = None
+
+
+_probe = msgspec.json.Decoder(_ChoicesProbe)
+
+
+def _usage_only(data: bytes) -> bool:
+    try:
+        probe = _probe.decode(data)
+    except msgspec.DecodeError:
+        return False
+    return probe.usage is not None and not probe.choices
 
 
 async def _read_body(receive: Any, limit: int) -> tuple[bytes, bool]:

@@ -30,6 +30,7 @@ from forge_sdk.errors import ContextLengthExceededError, InvalidRequestError
 __all__ = [
     "Choice",
     "GenerationPlan",
+    "check_request_limits",
     "plan_generation",
     "run_many",
     "run_to_completion",
@@ -76,6 +77,20 @@ async def _run_blocking(fn, *args):  # type: ignore[no-untyped-def]
     return await anyio.to_thread.run_sync(fn, *args)
 
 
+def check_request_limits(limits: LimitsConfig, *, messages: int | None, max_tokens: int | None) -> None:
+    """The request-shape limits every generation obeys, local or remote (``/generate`` too).
+
+    Raises:
+        InvalidRequestError: too many messages, or ``max_tokens`` above the server cap.
+    """
+    if messages is not None and messages > limits.max_messages:
+        raise InvalidRequestError(f"too many messages: {messages} > {limits.max_messages}", param="messages")
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise InvalidRequestError(
+            f"max_tokens {max_tokens} is above this server's limit of {limits.max_tokens}", param="max_tokens"
+        )
+
+
 async def plan_generation(
     engine: Engine,
     *,
@@ -112,11 +127,8 @@ async def plan_generation(
         InvalidRequestError: ``max_tokens`` above the server cap, or too many messages.
         ContextLengthExceededError: prompt plus ``max_tokens`` exceed the context.
     """
+    check_request_limits(limits, messages=None if messages is None else len(messages), max_tokens=max_tokens)
     if messages is not None:
-        if len(messages) > limits.max_messages:
-            raise InvalidRequestError(
-                f"too many messages: {len(messages)} > {limits.max_messages}", param="messages"
-            )
         size = sum(len(m["content"]) for m in messages)
         kwargs = {**(render or {}), "tools": tools}
         if size > _INLINE_TOKENIZE_CHARS or tools:
@@ -134,10 +146,6 @@ async def plan_generation(
     if not ids:
         raise InvalidRequestError("prompt is empty", param="prompt" if messages is None else "messages")
     context = engine.max_model_len
-    if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise InvalidRequestError(
-            f"max_tokens {max_tokens} is above this server's limit of {limits.max_tokens}", param="max_tokens"
-        )
     room = context - len(ids)
     if room < 1 or (max_tokens is not None and max_tokens > room):
         wanted = max_tokens if max_tokens is not None else 1

@@ -67,7 +67,9 @@ class Gateway:
         )
         # Standalone (merged / quantized) experts each get an engine of the base engine's kind.
         self.standalone = EnginePool(
-            standalone_factory(config, engine.name), retry_after=config.router.cooldown_s
+            standalone_factory(config, engine.name),
+            retry_after=config.router.cooldown_s,
+            max_running=config.engine.max_standalone_engines,
         )
         self.standalone.sync(self.catalog.experts)
         self.classifiers: dict[str, type[Classifier]] = collect(

@@ -257,12 +257,15 @@ class _Model(msgspec.Struct):
 _model_decoder = msgspec.json.Decoder(_Model)
 
 
-def with_model(body: bytes, model: str) -> bytes:
-    """``body`` (a JSON object) with its ``model`` set to ``model``; every other field byte-for-byte."""
-    if _model_decoder.decode(body).model == model:
+def with_model(body: bytes, model: str, **changes: Any) -> bytes:
+    """``body`` (a JSON object) with its ``model`` set to ``model`` and the top-level fields in
+    ``changes`` set too; every other field byte-for-byte."""
+    if not changes and _model_decoder.decode(body).model == model:
         return body
     fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
     fields["model"] = msgspec.Raw(_encode(model))
+    for name, value in changes.items():
+        fields[name] = msgspec.Raw(_encode(value))
     return _encode(fields)
 
 

@@ -59,12 +59,22 @@ async def gw(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
         "admin": store.create("ops", admin=True)[0],
         "legal_only": store.create("legal-only", models=["legal"])[0],
         "general_only": store.create("general-only", models=["general"])[0],
+        "metered": store.create("metered", tpm=100_000)[0],
     }
     store.close()
     overrides = {
         "registry": str(registry),
         "auth": {"db_path": str(db), "refresh_interval": 0.2},
-        "limits": {"max_body_bytes": 65536, "body_timeout": 1.0, "max_tokens": 64},
+        "limits": {
+            "max_body_bytes": 65536,
+            "body_timeout": 1.0,
+            "max_tokens": 64,
+            "max_messages": 8,
+            "default_max_tokens": 16,
+            "max_concurrent": 2,
+            "max_queue": 8,
+        },
+        "engine": {"kind": "transformers", "max_model_len": 256, "max_standalone_engines": 1},
     }
     async with serve_app(tiny_model_dir, overrides, root_path_too="/gw") as (app, port, root_port):
         assert root_port is not None

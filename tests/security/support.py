@@ -164,9 +164,9 @@ async def serve_app(
         overrides={
             "model": str(model_dir),
             "served_model_name": "tiny",
-            "engine": {"kind": "transformers", "max_model_len": 256},
             "router": {"classifier": "keyword", "retry_base_delay": 0.01},
             **overrides,
+            "engine": {"kind": "transformers", "max_model_len": 256, **overrides.get("engine", {})},
         },
         environ={},
     )

@@ -9,6 +9,7 @@ from forge_gateway.security.keys import ApiKey, KeyStore
 from forge_gateway.security.layer import (
     SecurityLayer,
     admit,
+    authorize,
     check_open_listen,
     estimate_remote_tokens,
     preflight,
@@ -19,6 +20,7 @@ __all__ = [
     "KeyStore",
     "SecurityLayer",
     "admit",
+    "authorize",
     "check_open_listen",
     "estimate_remote_tokens",
     "install_security",

@@ -25,6 +25,10 @@ class Gatekeeper(Protocol):
 
     config: GatewayConfig
 
+    def authorize(self, ctx: RequestContext, target: Target) -> None:
+        """Check the key's allow list admits ``target`` (see ``SecurityLayer.authorize``)."""
+        ...
+
     async def admit(self, ctx: RequestContext, target: Target, estimated_tokens: int) -> None:
         """Check the key may use ``target`` and reserve its tokens (see ``SecurityLayer.admit``)."""
         ...

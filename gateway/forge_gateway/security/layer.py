@@ -43,6 +43,7 @@ __all__ = [
     "SecurityLayer",
     "ServedGateway",
     "admit",
+    "authorize",
     "check_open_listen",
     "estimate_remote_tokens",
     "preflight",
@@ -175,6 +176,20 @@ class SecurityLayer:
         self.ledger.record(key_id, prompt_tokens, completion_tokens)
         self.metrics.observe_tokens(target.expert_name, prompt_tokens, completion_tokens)
 
+    def authorize(self, ctx: RequestContext, target: Target) -> None:
+        """Check the key's allow list admits ``target``.
+
+        Raises:
+            PermissionDeniedError: the key's allow list excludes this model/expert.
+        """
+        key = ctx.key
+        if key is not None and not key.allows(target.model, target.expert_name):
+            self.metrics.auth_failures.labels("403").inc()
+            raise PermissionDeniedError(
+                f"this API key may not use model {target.expert_name!r}; allowed: {', '.join(key.models or ())}",
+                param="model",
+            )
+
     async def admit(self, ctx: RequestContext, target: Target, estimated_tokens: int) -> None:
         """Check the key may use ``target`` and reserve ``estimated_tokens`` of its TPM budget.
 
@@ -185,12 +200,7 @@ class SecurityLayer:
         key = ctx.key
         if key is None:
             return
-        if not key.allows(target.model, target.expert_name):
-            self.metrics.auth_failures.labels("403").inc()
-            raise PermissionDeniedError(
-                f"this API key may not use model {target.expert_name!r}; allowed: {', '.join(key.models or ())}",
-                param="model",
-            )
+        self.authorize(ctx, target)
         tpm = key.tpm or self.config.rate_limit.default_tpm
         if not tpm:
             return
@@ -271,6 +281,17 @@ async def admit(target: Target, estimated_tokens: int) -> None:
     ctx = current_request.get()
     if ctx is not None and ctx.key is not None:
         await ctx.layer.admit(ctx, target, estimated_tokens)
+
+
+def authorize(target: Target) -> None:
+    """Check the caller's key may use ``target`` (before anything is started for it).
+
+    Raises:
+        PermissionDeniedError: see :meth:`SecurityLayer.authorize`.
+    """
+    ctx = current_request.get()
+    if ctx is not None and ctx.key is not None:
+        ctx.layer.authorize(ctx, target)
 
 
 def estimate_remote_tokens(body_bytes: int, max_tokens: int | None, n: int, limits: LimitsConfig) -> int:
