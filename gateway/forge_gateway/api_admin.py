@@ -7,6 +7,7 @@ they are saved to the registry file (when there is one) and survive a restart.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -119,11 +120,12 @@ async def register_expert(request: Request[Any, Any, Any], gateway: Gateway) -> 
     """
     expert = _decode_expert(await request.body())
     _validate(gateway, expert)
-    if expert.endpoint:
-        router = gateway.config.router
+    router = gateway.config.router
+    for url in expert.replicas:  # every replica is a URL the gateway will POST prompts to
         await anyio.to_thread.run_sync(
-            lambda: check_endpoint(
-                str(expert.endpoint),
+            functools.partial(
+                check_endpoint,
+                url,
                 allow_hosts=router.upstream_allow_hosts,
                 allow_link_local=router.upstream_allow_link_local,
             )

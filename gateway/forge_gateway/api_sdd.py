@@ -90,7 +90,7 @@ def experts(gateway: Gateway) -> Response[bytes]:
             continue
         entry = expert_entry(catalog, expert)
         if expert.kind == "remote":
-            entry["status"] = gateway.upstreams.status(expert.name)
+            entry["status"] = gateway.upstreams.status(expert)
         elif expert.kind == "standalone":
             entry["status"] = gateway.standalone.status(expert.name)
         else:

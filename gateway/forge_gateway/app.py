@@ -22,6 +22,7 @@ from forge_gateway.fastpath import RemoteFastPath
 from forge_gateway.security import install_security
 from forge_gateway.security.policy import route_guard
 from forge_gateway.state import Gateway
+from forge_gateway.upstream_replicas import UpstreamCollector
 from forge_sdk.plugins import get_plugin_manager
 
 __all__ = ["create_app", "engine_options"]
@@ -81,7 +82,9 @@ def create_app(
     app.state.gateway = gateway
     app.asgi_handler = RemoteFastPath(app.asgi_handler, gateway)  # remote experts skip the framework
     # Keys, rate limits, admission, usage ledger, /metrics and access logs (pure ASGI, outermost).
-    install_security(app, gateway)
+    layer = install_security(app, gateway)
+    # Per-replica state of remote experts, read from the upstream pool at scrape time.
+    layer.metrics.registry.register(UpstreamCollector(gateway.upstreams.replica_sets))
     return app
 
 

@@ -92,6 +92,9 @@ class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Consecutive failed requests after which a remote expert cools down."""
     cooldown_s: Annotated[float, Meta(ge=0)] = 30.0
     """How long a failing remote expert is skipped (its requests fall back), seconds."""
+    health_check_interval: Annotated[float, Meta(ge=0)] = 2.0
+    """Seconds between probes (``GET <endpoint>/models``) of remote replicas in cooldown; one
+    that answers gets traffic again at once instead of after ``cooldown_s`` (0: no probes)."""
     upstream_key_env_prefix: Annotated[str, Meta(min_length=1)] = "FORGE_UPSTREAM_KEY_"
     """A remote expert's ``api_key_env`` must start with this prefix, so an admin cannot make
     the gateway send an unrelated secret (``AWS_SECRET_ACCESS_KEY``) to an endpoint."""

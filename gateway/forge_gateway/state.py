@@ -91,6 +91,7 @@ class Gateway:
             cooldown_s=router.cooldown_s,
             retry_base_delay=router.retry_base_delay,
             allow_link_local=router.upstream_allow_link_local,
+            health_check_interval=router.health_check_interval,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._loaded_loras: set[int] = set()

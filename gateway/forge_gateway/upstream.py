@@ -3,9 +3,12 @@
 A lean pooled HTTP/1.1 client (:mod:`forge_gateway.upstream_http`) keeps connections alive
 across requests; general-purpose clients cost more than the whole 1 ms budget here. Connect errors,
 timeouts and 502/503/504 answers are retried with exponential backoff (SDD §9.3, per-expert
-``max_retries``, base delay from ``[router] retry_base_delay``). After ``failure_threshold``
-consecutive failed requests an expert cools down for ``cooldown_s``; requests for it then fall
-back to the default expert (SDD §9.2), which the caller sees in ``x-forge-route-reason``.
+``max_retries``, base delay from ``[router] retry_base_delay``). An expert may list several
+replicas (``endpoints``): each attempt goes to a replica chosen by
+:mod:`forge_gateway.upstream_replicas`, a failed one hands over to another at once, and a replica
+cools down for ``cooldown_s`` after ``failure_threshold`` consecutive failed requests. Only when
+every replica failed or is cooling do requests fall back to the default expert (SDD §9.2), which
+the caller sees in ``x-forge-route-reason``.
 
 A stream is only committed once the upstream has sent its first body bytes, so a stream can
 still fall back while nothing has reached the client; a failure after that ends the stream with
@@ -17,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +32,9 @@ from litestar.response import Stream
 from forge_gateway.endpoints import join_endpoint
 from forge_gateway.routing import route_headers
 from forge_gateway.upstream_http import HttpPool, UpstreamConnectError, UpstreamDisconnectedError, header
+from forge_gateway.upstream_replicas import HealthProber, ReplicaSet, ReplicaState
 from forge_sdk.errors import ExpertUnavailableError, UpstreamError, UpstreamTimeoutError
-from forge_sdk.retry import RetryPolicy
+from forge_sdk.experts import ExpertModel
 from forge_sdk.types import ErrorBody, ErrorResponse
 
 if TYPE_CHECKING:
@@ -46,27 +50,10 @@ _JSON_HEADER = b"content-type: application/json\r\n"
 
 @dataclass(slots=True)
 class UpstreamState:
-    """Health of one remote expert, as shown in ``/experts``."""
+    """Request-level counters of one remote expert (its replicas keep their own health)."""
 
-    consecutive_failures: int = 0
-    cooldown_until: float = 0.0
-    last_error: str | None = None
     requests: int = 0
     failures: int = 0
-
-    def available(self, now: float) -> bool:
-        return now >= self.cooldown_until
-
-    def as_dict(self, now: float) -> dict[str, Any]:
-        cooling = not self.available(now)
-        return {
-            "state": "cooldown" if cooling else "ok",
-            "consecutive_failures": self.consecutive_failures,
-            "cooldown_remaining_s": round(self.cooldown_until - now, 2) if cooling else 0.0,
-            "last_error": self.last_error,
-            "requests": self.requests,
-            "failures": self.failures,
-        }
 
 
 @dataclass(slots=True)
@@ -94,6 +81,7 @@ class UpstreamPool:
         cooldown_s: how long a failing expert is skipped.
         retry_base_delay: first backoff delay, seconds (SDD §9.3: 1.0).
         allow_link_local: allow connections to link-local / cloud-metadata addresses.
+        health_check_interval: seconds between probes of cooling replicas (0: none).
     """
 
     def __init__(
@@ -104,6 +92,7 @@ class UpstreamPool:
         cooldown_s: float = 30.0,
         retry_base_delay: float = 1.0,
         allow_link_local: bool = False,
+        health_check_interval: float = 2.0,
     ) -> None:
         self.allow_link_local = allow_link_local
         self.default_expert = default_expert
@@ -111,6 +100,9 @@ class UpstreamPool:
         self.cooldown_s = cooldown_s
         self.retry_base_delay = retry_base_delay
         self.states: dict[str, UpstreamState] = {}
+        self.replicas: dict[str, tuple[ExpertModel, ReplicaSet]] = {}
+        """Replica state per expert name, made on first use (an expert that changes is forgotten)."""
+        self._prober = HealthProber(lambda: self.replicas.values(), health_check_interval)
         self._http: HttpPool | None = None
         self._retryable: tuple[type[BaseException], ...] = (
             asyncio.TimeoutError,
@@ -122,21 +114,37 @@ class UpstreamPool:
     async def start(self) -> None:
         """Open the shared connection pool."""
         self._http = HttpPool(allow_link_local=self.allow_link_local)
+        self._prober.start()
 
     async def stop(self) -> None:
-        """Close every pooled connection."""
+        """Stop the health probes and close every pooled connection."""
+        await self._prober.stop()
         if self._http is not None:
             self._http.close()
             self._http = None
 
     def forget(self, names: Iterable[str]) -> None:
-        """Drop the circuit state of experts that left the catalog."""
+        """Drop the state of experts that left the catalog or changed."""
         for name in names:
             self.states.pop(name, None)
+            self.replicas.pop(name, None)
 
-    def status(self, name: str) -> dict[str, Any]:
-        """Circuit state of one expert for ``/experts``."""
-        return self.states.get(name, UpstreamState()).as_dict(time.monotonic())
+    def status(self, expert: ExpertModel | str) -> dict[str, Any]:
+        """State of one remote expert and each of its replicas, for ``/experts`` (by name: the
+        expert as last called; one never called has no replica state yet)."""
+        if isinstance(expert, str):
+            known = self.replicas.get(expert)
+            if known is None:
+                return {"state": "ok", "replicas": [], "requests": 0, "failures": 0}
+            expert = known[0]
+        counters = self.states.get(expert.name, UpstreamState())
+        status = self._replica_set(expert).status(time.monotonic())
+        status.update(requests=counters.requests, failures=counters.failures)
+        return status
+
+    def replica_sets(self) -> list[tuple[str, ReplicaSet]]:
+        """``(expert name, replicas)`` of every remote expert called so far (for metrics)."""
+        return [(name, replicas) for name, (_, replicas) in list(self.replicas.items())]
 
     def _state(self, name: str) -> UpstreamState:
         state = self.states.get(name)
@@ -144,19 +152,15 @@ class UpstreamPool:
             state = self.states[name] = UpstreamState()
         return state
 
-    def _fail(self, name: str, error: str) -> None:
-        state = self._state(name)
-        state.consecutive_failures += 1
-        state.failures += 1
-        state.last_error = error
-        if state.consecutive_failures >= self.failure_threshold:
-            state.cooldown_until = time.monotonic() + self.cooldown_s
-            log.warning("expert_cooldown", expert=name, seconds=self.cooldown_s, error=error)
-
-    def _ok(self, state: UpstreamState) -> None:
-        if state.consecutive_failures:
-            state.consecutive_failures = 0
-            state.cooldown_until = 0.0
+    def _replica_set(self, expert: ExpertModel) -> ReplicaSet:
+        known = self.replicas.get(expert.name)
+        if known is not None and known[0] == expert:
+            return known[1]
+        replicas = ReplicaSet(
+            expert.replicas, failure_threshold=self.failure_threshold, cooldown_s=self.cooldown_s
+        )
+        self.replicas[expert.name] = (expert, replicas)
+        return replicas
 
     async def call(self, target: Target, body: bytes, path: str, *, stream: bool) -> UpstreamReply:
         """POST ``body`` to the target's upstream ``path`` with retries and circuit accounting.
@@ -178,20 +182,18 @@ class UpstreamPool:
         assert http is not None, "UpstreamPool.start() was not awaited"
         state = self._state(expert.name)
         state.requests += 1
-        if not state.available(time.monotonic()):
+        replicas = self._replica_set(expert)
+        if not replicas.available(time.monotonic()):
             raise ExpertUnavailableError(f"expert {expert.name!r} is cooling down after repeated failures")
-        url = join_endpoint(expert.endpoint, path)
         headers = _JSON_HEADER
         if expert.api_key_env and (key := os.environ.get(expert.api_key_env)):
             headers += b"authorization: Bearer %s\r\n" % key.encode("latin-1")
-        policy = RetryPolicy(
-            max_retries=expert.max_retries, base_delay=self.retry_base_delay, retryable=self._retryable
-        )
         timeout = expert.timeout
 
-        async def attempt() -> UpstreamReply:
+        async def attempt(replica: ReplicaState) -> UpstreamReply:
             # Non-stream: the per-expert timeout bounds the whole attempt. Stream: the wait for
             # the headers, for the first chunk and between chunks.
+            url = join_endpoint(replica.url, path)
             status, head, data, chunks = await http.post(url, body, headers, timeout=timeout, stream=stream)
             if status in _RETRY_STATUS:
                 raise _RetryableStatusError(status, data[:200].decode(errors="replace"))
@@ -202,26 +204,65 @@ class UpstreamPool:
             first = await anext(chunks, b"")
             return UpstreamReply(status, content_type or "text/event-stream", stream=_prepend(first, chunks))
 
-        try:
-            reply = await policy.acall(attempt)
-        except asyncio.TimeoutError as exc:
-            self._fail(expert.name, "timeout")
-            raise UpstreamTimeoutError(f"expert {expert.name!r} timed out after {timeout:g} s") from exc
-        except self._retryable as exc:
-            self._fail(expert.name, _describe(exc))
-            raise UpstreamError(f"expert {expert.name!r} failed: {_describe(exc)}") from exc
-        self._ok(state)
-        if reply.stream is not None:
-            reply.stream = self._guard(expert.name, reply.stream)
-        return reply
+        # Every replica gets a try before the request falls back, and at least max_retries + 1
+        # attempts are made. A failed replica hands over to another one at once; only when all
+        # of them failed in this request does the next round wait (exponential backoff).
+        budget = max(expert.max_retries + 1, len(replicas.states))
+        tried: set[str] = set()
+        counted: set[str] = set()
+        rounds = 0
+        last: BaseException | None = None
+        for _ in range(budget):
+            replica = replicas.pick(time.monotonic(), tried)
+            if replica is None:
+                if not tried:
+                    break  # everything is cooling down
+                await asyncio.sleep(self.retry_base_delay * 2**rounds)
+                rounds += 1
+                tried.clear()
+                replica = replicas.pick(time.monotonic(), tried)
+                if replica is None:
+                    break
+            replica.requests += 1
+            replica.outstanding += 1
+            try:
+                reply = await attempt(replica)
+            except self._retryable as exc:
+                replica.outstanding -= 1
+                last = exc
+                tried.add(replica.url)
+                if replica.url not in counted:  # one failed request per replica, however many tries
+                    counted.add(replica.url)
+                    replicas.failed(replica, _describe(exc), expert.name)
+                continue
+            except BaseException:
+                replica.outstanding -= 1
+                raise
+            replicas.succeeded(replica)
+            if reply.stream is None:
+                replica.outstanding -= 1
+            else:
+                # The stream holds its replica until it ends, however it ends.
+                reply.stream = _Held(
+                    self._guard(expert.name, replicas, replica, reply.stream), replica.release
+                )
+            return reply
+        state.failures += 1
+        if last is None:
+            raise ExpertUnavailableError(f"expert {expert.name!r} is cooling down after repeated failures")
+        if isinstance(last, asyncio.TimeoutError):
+            raise UpstreamTimeoutError(f"expert {expert.name!r} timed out after {timeout:g} s") from last
+        raise UpstreamError(f"expert {expert.name!r} failed: {_describe(last)}") from last
 
-    async def _guard(self, name: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def _guard(
+        self, name: str, replicas: ReplicaSet, replica: ReplicaState, chunks: AsyncIterator[bytes]
+    ) -> AsyncIterator[bytes]:
         try:
             async for chunk in chunks:
                 yield chunk
         except self._retryable as exc:
             # Bytes already reached the client: too late to fall back, so say it in-band.
-            self._fail(name, _describe(exc))
+            replicas.failed(replica, _describe(exc), name)
             error = ErrorBody(f"expert {name!r} failed mid-stream: {_describe(exc)}", "upstream_error")
             yield b"data: " + _encode(ErrorResponse(error)) + b"\n\n"
 
@@ -275,6 +316,39 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, _RetryableStatusError):
         return f"HTTP {exc.status}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+class _Held:
+    """An async iterator that calls ``release`` exactly once when it ends: exhausted, failed,
+    closed, or dropped without ever being iterated (a client gone before the first byte)."""
+
+    __slots__ = ("_chunks", "_release")
+
+    def __init__(self, chunks: AsyncIterator[bytes], release: Callable[[], None]) -> None:
+        self._chunks = chunks
+        self._release: Callable[[], None] | None = release
+
+    def __aiter__(self) -> _Held:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await anext(self._chunks)
+        except BaseException:
+            self.release()
+            raise
+
+    async def aclose(self) -> None:
+        self.release()
+        await self._chunks.aclose()  # type: ignore[attr-defined]
+
+    def release(self) -> None:
+        release, self._release = self._release, None
+        if release is not None:
+            release()
+
+    def __del__(self) -> None:
+        self.release()
 
 
 async def _prepend(first: bytes, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

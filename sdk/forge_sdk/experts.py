@@ -9,7 +9,7 @@ A running gateway watches the file's mtime and picks changes up without a restar
 An expert is served one of three ways, decided by its fields:
 
 * ``adapter_path`` set: a LoRA adapter on the gateway's base model (in-process engine).
-* ``endpoint`` set: a remote OpenAI-compatible upstream.
+* ``endpoint`` set: a remote OpenAI-compatible upstream (``endpoints``: more replicas of it).
 * ``model_path`` set: a standalone (merged / quantized) model on its own engine.
 * none of them: the base model itself under another name (e.g. ``general``).
 """
@@ -57,6 +57,10 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
     """Standalone model folder (merged or quantized) served on its own engine."""
     endpoint: str | None = None
     """Base URL of a remote OpenAI-compatible server (e.g. ``http://host:8000/v1``)."""
+    endpoints: list[str] = field(default_factory=list)
+    """More base URLs serving the same model as ``endpoint`` (replicas). The gateway balances
+    requests over all of them (power of two choices on outstanding requests), cools each down on
+    its own, and fails over to another replica before falling back to the default expert."""
     upstream_model: str | None = None
     """Model name to send upstream (defaults to ``name``)."""
     api_key_env: str | None = None
@@ -82,6 +86,15 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
     priority: int = 0
     """When several experts share a specialization, routing picks the highest priority
     (a plugin's specialist can take over ``math`` from the built-in ``math`` expert)."""
+
+    def __post_init__(self) -> None:
+        if self.endpoints and not self.endpoint:
+            raise ValueError("endpoints lists extra replicas: give the first one as endpoint")
+
+    @property
+    def replicas(self) -> list[str]:
+        """Every endpoint of a remote expert, ``endpoint`` first, without repeats."""
+        return list(dict.fromkeys([self.endpoint, *self.endpoints])) if self.endpoint else []
 
     @property
     def kind(self) -> Literal["adapter", "remote", "standalone", "base"]:
