@@ -560,3 +560,43 @@ async def test_bad_bodies_for_remote_experts_get_the_usual_errors(live: Live) ->
     )
     assert broken.status_code == 400 and broken.json()["error"]["code"] == "invalid_json"
     assert len(live.upstream.requests) == before  # none of them was proxied
+
+
+async def test_remote_experts_get_tools_and_response_format_unchanged(live: Live) -> None:
+    """Only local engines implement tools, structured outputs and log-probs: a remote expert gets
+    every field the client sent, as sent (only ``model`` renamed), streaming or not."""
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "lookup_case",
+                "description": "Find a court case",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+                "strict": True,
+            },
+        }
+    ]
+    fmt = {"type": "json_schema", "json_schema": {"name": "v", "schema": {"type": "object"}, "strict": True}}
+    for stream in (False, True):
+        body = _chat(
+            "legal",
+            "review my contract",
+            tools=tools,
+            tool_choice={"type": "function", "function": {"name": "lookup_case"}},
+            parallel_tool_calls=False,
+            response_format=fmt,
+            logprobs=True,
+            top_logprobs=2,
+            logit_bias={"11": -5},
+            metadata={"tenant": "t1"},
+            store=False,
+            top_k=7,
+            guided_json=None,
+            stream=stream,
+        )
+        before = len(live.upstream.seen("ok"))
+        resp = await live.http.post("/v1/chat/completions", json=body)
+        assert resp.status_code == 200, resp.text
+        sent = live.upstream.seen("ok")[before:]
+        assert len(sent) == 1
+        assert sent[0]["body"] == {**body, "model": "legal-7b"}
