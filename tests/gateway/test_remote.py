@@ -564,7 +564,7 @@ async def test_bad_bodies_for_remote_experts_get_the_usual_errors(live: Live) ->
 
 async def test_remote_experts_get_tools_and_response_format_unchanged(live: Live) -> None:
     """Only local engines implement tools, structured outputs and log-probs: a remote expert gets
-    every field the client sent, as sent (only ``model`` renamed), streaming or not."""
+    every field the client sent, as sent (only ``model`` renamed, and usage asked for on streams)."""
     tools = [
         {
             "type": "function",
@@ -599,4 +599,7 @@ async def test_remote_experts_get_tools_and_response_format_unchanged(live: Live
         assert resp.status_code == 200, resp.text
         sent = live.upstream.seen("ok")[before:]
         assert len(sent) == 1
-        assert sent[0]["body"] == {**body, "model": "legal-7b"}
+        expected = {**body, "model": "legal-7b"}
+        if stream:  # the gateway asks for usage to meter the stream (and strips it from the reply)
+            expected["stream_options"] = {"include_usage": True}
+        assert sent[0]["body"] == expected
