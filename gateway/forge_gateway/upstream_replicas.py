@@ -90,6 +90,9 @@ class ReplicaSet:
 
     def pick(self, now: float, exclude: set[str]) -> ReplicaState | None:
         """Power of two choices over the available replicas not in ``exclude`` (None: none left)."""
+        if len(self.states) == 1:  # the common single-endpoint expert: no lists, no random draws
+            only = self.states[0]
+            return only if only.available(now) and only.url not in exclude else None
         candidates = [s for s in self.states if s.available(now) and s.url not in exclude]
         if len(candidates) > 2:
             candidates = random.sample(candidates, 2)
