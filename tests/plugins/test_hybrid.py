@@ -1,4 +1,4 @@
-"""The hybrid classifier's decision paths: keyword, keyword+neural, neural override, neural, default."""
+"""The hybrid classifier: the neural router with keywords as a prior that never overrides a sure model."""
 
 from __future__ import annotations
 
@@ -10,12 +10,6 @@ from forge_sdk.errors import ConfigurationError
 
 CODE_QUERY = "Write a Python function that reverses a linked list in place."
 
-
-@pytest.fixture(scope="module")
-def neural() -> NeuralClassifier:
-    return NeuralClassifier(DEFAULT_EXPERTS)
-
-
 # "python" deliberately given to the writing expert: the keyword and the model then disagree.
 MISLEADING = [
     ExpertModel(name="general"),
@@ -24,52 +18,57 @@ MISLEADING = [
 ]
 
 
-def test_keyword_and_neural_agree() -> None:
-    result = HybridClassifier(DEFAULT_EXPERTS).classify_with_confidence(
-        "Please solve this equation: 2x + 3 = 11"
-    )
-    assert result.expert == "math"
-    assert result.reason.startswith("keyword+neural:")
-    assert result.confidence >= 0.9
+@pytest.fixture(scope="module")
+def neural() -> NeuralClassifier:
+    return NeuralClassifier(DEFAULT_EXPERTS, threshold=0.0)
 
 
-def test_unambiguous_keyword_wins_over_unsure_or_disabled_override(neural: NeuralClassifier) -> None:
-    assert neural.predict(CODE_QUERY)[0] == "code"
-    result = HybridClassifier(MISLEADING, override=1.0).classify_with_confidence(CODE_QUERY)
-    assert (result.expert, result.reason) == ("writing", "keyword:python")
-
-
-def test_confident_neural_overrides_keyword(neural: NeuralClassifier) -> None:
-    _, prob = neural.predict(CODE_QUERY)
-    result = HybridClassifier(MISLEADING, override=prob - 0.01).classify_with_confidence(CODE_QUERY)
+def test_keyword_prior_cannot_override_a_confident_model(neural: NeuralClassifier) -> None:
+    label, prob = neural.predict(CODE_QUERY)
+    assert (label, prob > 0.9) == ("code", True)
+    result = HybridClassifier(MISLEADING).classify_with_confidence(CODE_QUERY)
     assert result.expert == "code"
-    assert result.reason.startswith("neural-override:code:")
+    assert result.reason.startswith("neural+keyword:python:code:")
+    assert result.confidence < prob  # the prior moved some mass to the keyword's label
 
 
-def test_no_keyword_confident_neural_decides() -> None:
-    query = "Who won the football world cup in 1998?"
+def test_prior_settles_a_close_call(neural: NeuralClassifier) -> None:
+    probs = neural.model.predict_proba(CODE_QUERY)
+    # A prior large enough to beat the model's odds flips the decision: that is what a prior is.
+    factor = 1.1 * probs["code"] / probs["writing"]
+    if factor > 100:
+        pytest.skip("the model is too sure for any allowed prior")
+    result = HybridClassifier(MISLEADING, keyword_prior=factor).classify_with_confidence(CODE_QUERY)
+    assert result.expert == "writing"
+
+
+def test_prior_of_one_is_the_neural_classifier(neural: NeuralClassifier) -> None:
+    query = "Please solve this equation: 2x + 3 = 11"
+    a = HybridClassifier(DEFAULT_EXPERTS, keyword_prior=1.0, threshold=0.0).classify_with_confidence(query)
+    b = neural.classify_with_confidence(query)
+    assert (a.expert, a.confidence) == (b.expert, b.confidence) == ("math", a.confidence)
+
+
+def test_ambiguous_keywords_leave_the_model_alone(neural: NeuralClassifier) -> None:
+    # "write" (writing) and "python" (code) both hit: no prior.
     clf = HybridClassifier(DEFAULT_EXPERTS, threshold=0.0)
-    assert clf.keyword.matches(query) == {}
-    result = clf.classify_with_confidence(query)
-    assert result.reason.startswith("neural:")
+    assert len(clf.keyword.matches(CODE_QUERY)) == 2
+    result = clf.classify_with_confidence(CODE_QUERY)
+    assert result.expert == "code" and result.reason.startswith("neural:code:")
 
 
-def test_unsure_neural_falls_back_to_default() -> None:
+def test_unsure_model_abstains_to_the_default_expert() -> None:
     experts = [*DEFAULT_EXPERTS[1:], ExpertModel(name="fallback")]
     clf = HybridClassifier(experts, default_expert="fallback", threshold=1.0)
     result = clf.classify_with_confidence("Who won the football world cup in 1998?")
     assert result.expert == "fallback"
-    assert result.reason.startswith("default:neural-unsure:")
+    assert result.reason.startswith("abstain:general:")
 
 
-def test_ambiguous_keywords_defer_to_neural() -> None:
-    # "write" (writing) and "python" (code) both hit: the model decides.
-    result = HybridClassifier(DEFAULT_EXPERTS).classify_with_confidence(CODE_QUERY)
-    assert result.expert == "code"
-    assert result.reason.startswith("neural:code:")
-
-
-@pytest.mark.parametrize("options", [{"threshold": 1.5}, {"threshold": "high"}, {"override": -1}, {"foo": 1}])
+@pytest.mark.parametrize(
+    "options",
+    [{"threshold": 1.5}, {"threshold": "high"}, {"keyword_prior": 0.5}, {"keyword_prior": True}, {"foo": 1}],
+)
 def test_bad_options_are_clear_errors(options: dict) -> None:
     with pytest.raises(ConfigurationError, match="hybrid classifier"):
         HybridClassifier(DEFAULT_EXPERTS, **options)
@@ -77,15 +76,8 @@ def test_bad_options_are_clear_errors(options: dict) -> None:
 
 def test_plugin_expert_with_priority_takes_over_its_specialization() -> None:
     plugin = ExpertModel(name="mathexpert", specialization="math", priority=10, keywords=["integral"])
-    result = HybridClassifier([*DEFAULT_EXPERTS, plugin]).classify_with_confidence(
+    result = HybridClassifier([*DEFAULT_EXPERTS, plugin], threshold=0.0).classify_with_confidence(
         "What is the integral of x^2 from 0 to 3?"
     )
     assert result.expert == "mathexpert"
-    assert result.reason.startswith("keyword+neural:integral")
-
-
-def test_stress_set_quality(stress_set: list[tuple[str, str]]) -> None:
-    from forge_plugins.router.evaluation import evaluate
-
-    report = evaluate(HybridClassifier(DEFAULT_EXPERTS).classify, stress_set)
-    assert report["macro_f1"] >= 0.85, report
+    assert result.reason.startswith("neural+keyword:integral:math:")

@@ -15,7 +15,7 @@ from forge_sdk.errors import ModelError
 
 @pytest.fixture(scope="module")
 def clf() -> NeuralClassifier:
-    return NeuralClassifier(DEFAULT_EXPERTS)
+    return NeuralClassifier(DEFAULT_EXPERTS, threshold=0.0)
 
 
 @pytest.mark.parametrize(
@@ -78,11 +78,26 @@ def test_long_pasted_input_is_bounded_and_routed(clf: NeuralClassifier) -> None:
     assert clf.classify(query) == "code"
 
 
-def test_shipped_model_is_small_and_safe() -> None:
+def test_shipped_model_is_small_safe_and_says_how_it_was_built() -> None:
     files = {p.name: p.stat().st_size for p in DEFAULT_MODEL_DIR.iterdir()}
-    assert set(files) == {"router.npz", "router.json", "embed.npz"}
-    assert sum(files.values()) < 5 * 1024 * 1024
-    RouterModel.load(DEFAULT_MODEL_DIR)  # loads with allow_pickle=False
+    assert set(files) == {"router.npz", "router.json", "encoder.onnx", "tokenizer.json"}
+    assert sum(files.values()) < 30 * 1024 * 1024
+    model = RouterModel.load(DEFAULT_MODEL_DIR)  # loads with allow_pickle=False
+    assert model.meta["command"] == "forge-train router --data router_train.jsonl --output shipped"
+    assert model.meta["sources"] == {
+        "filler": "pretrain_gutenberg_5mb.txt",
+        "code_chat": "sft_alpaca_2k.jsonl",
+        "chat_prompts": "dpo_hh_1k.jsonl",
+        "extra": [],
+    }
+
+
+def test_repeated_queries_come_from_the_cache(clf: NeuralClassifier) -> None:
+    query = "How do I read a CSV file with pandas and skip the first two rows?"
+    first = clf.model.probabilities(query)
+    assert clf.model.probabilities(query) is first  # the same array: no model ran
+    clf.model.clear_cache()
+    assert clf.model.probabilities(query) is not first
 
 
 def test_stress_set_quality(clf: NeuralClassifier, stress_set: list[tuple[str, str]]) -> None:

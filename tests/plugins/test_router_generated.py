@@ -59,10 +59,19 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 
 def test_train_flag_adds_examples(train_sample: Path, tmp_path: Path) -> None:
-    base = ["--data", str(train_sample), "--output", str(tmp_path), "--no-augment"]
-    plain = RouterTrainMethod().run(_args(base)).metrics
+    base = [
+        "--data",
+        str(train_sample),
+        "--output",
+        str(tmp_path),
+        "--no-augment",
+        "--no-encoder",
+        "--domain-docs",
+        "0",
+    ]
+    plain = RouterTrainMethod().run(_args([*base, "--generated", "0"])).metrics
     more = RouterTrainMethod().run(_args([*base, "--generated", "50"])).metrics
     assert more["n_examples"] == plain["n_examples"] + 200
-    assert more["generated_per_label"] == 50
+    assert more["recipe"]["generated"] == 50
     with pytest.raises(ConfigurationError, match="--generated must be >= 0"):
         RouterTrainMethod().run(_args([*base, "--generated", "-1"]))

@@ -1,84 +1,22 @@
-"""The built-in query classifiers: ``keyword``, ``neural`` and ``hybrid`` (SDD §5.3, §8.2)."""
+"""The built-in query classifiers: ``keyword``, ``neural`` and ``hybrid`` (SDD §5.3, §8.2).
+
+``neural`` is the trained router (:mod:`forge_plugins.router.combined`): the fine-tuned encoder
+mixed with the tf-idf model, calibrated, abstaining to the default expert below a threshold tuned
+on the proxy. ``hybrid`` adds the experts' keywords as a prior on the model's probabilities, which
+can settle a close call but never overrides a confident model.
+"""
 
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from forge_plugins.router.embed import (
-    HEAD_FILE,
-    EmbeddingHead,
-    EnsembleRouter,
-    embeddings_available,
-    get_encoder,
-)
-from forge_plugins.router.model import DEFAULT_MODEL_DIR, RouterModel
+from forge_plugins.router.combined import Router, load_router
 from forge_sdk import Classification, Classifier, ExpertModel
 from forge_sdk.errors import ConfigurationError
 
-__all__ = ["HybridClassifier", "KeywordClassifier", "NeuralClassifier", "load_router", "load_router_model"]
-
-_MODELS: dict[tuple[str, float], RouterModel] = {}
-_MODELS_LOCK = threading.Lock()
-
-
-def load_router_model(model_dir: str | Path | None = None) -> RouterModel:
-    """The router model in ``model_dir`` (default: the shipped one), loaded once per process.
-
-    Cached by path and modification time, so a retrained model in the same folder is picked up.
-
-    Raises:
-        forge_sdk.errors.ModelError: no readable model there.
-    """
-    folder = Path(model_dir).expanduser().resolve() if model_dir else DEFAULT_MODEL_DIR
-    meta = folder / "router.json"
-    key = (str(folder), meta.stat().st_mtime if meta.exists() else -1.0)
-    with _MODELS_LOCK:
-        model = _MODELS.get(key)
-        if model is None:
-            model = RouterModel.load(folder)
-            _MODELS[key] = model
-        return model
-
-
-def load_router(
-    model_dir: str | Path | None = None, embeddings: bool | str = "auto"
-) -> RouterModel | EnsembleRouter:
-    """The router of ``model_dir``: the tf-idf model, or it and the embedding head together.
-
-    Args:
-        model_dir: model folder (default: the shipped one).
-        embeddings: ``True`` to require the embedding head, ``False`` for tf-idf only, ``"auto"`` to
-            use it when the folder has one and the ``embed`` extra is installed.
-
-    Raises:
-        ConfigurationError: a bad ``embeddings`` value, or ``True`` without the extra installed.
-        forge_sdk.errors.ModelError: no readable model (or, with ``True``, no embedding head).
-    """
-    if embeddings not in (True, False, "auto"):
-        raise ConfigurationError(f'embeddings must be true, false or "auto", got {embeddings!r}')
-    model = load_router_model(model_dir)
-    folder = Path(model_dir).expanduser().resolve() if model_dir else DEFAULT_MODEL_DIR
-    if embeddings == "auto":
-        embeddings = (folder / HEAD_FILE).exists() and embeddings_available()
-    if not embeddings:
-        return model
-    key = (
-        str(folder / HEAD_FILE),
-        (folder / HEAD_FILE).stat().st_mtime if (folder / HEAD_FILE).exists() else -1.0,
-    )
-    with _MODELS_LOCK:
-        head = _HEADS.get(key)
-        if head is None:
-            head = EmbeddingHead.load(folder)
-            _HEADS[key] = head
-    return EnsembleRouter(model, head, get_encoder())
-
-
-_HEADS: dict[tuple[str, float], EmbeddingHead] = {}
+__all__ = ["HybridClassifier", "KeywordClassifier", "NeuralClassifier", "load_router"]
 
 
 def _check_options(name: str, options: dict[str, Any], allowed: set[str]) -> None:
@@ -168,102 +106,109 @@ class KeywordClassifier(Classifier):
         return Classification(expert, round(self.UNAMBIGUOUS * share, 4), f"keyword-ambiguous:{others}")
 
 
+def _probability(name: str, options: dict[str, Any], key: str, default: float) -> float:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ConfigurationError(f"{name} classifier: {key} must be a number in [0, 1], got {value!r}")
+    return float(value)
+
+
 class NeuralClassifier(Classifier):
-    """A trained tf-idf + logistic-regression router, run in numpy (tens of microseconds).
+    """The trained router: calibrated label probabilities, the default expert when unsure.
 
     Options:
-        model_dir: folder written by ``forge-train router`` (default: the model shipped in
-            this package, trained on ``router_train.jsonl``).
-        embeddings: combine the tf-idf model with the MiniLM embedding head: ``true``, ``false``
-            or ``"auto"`` (default: used when the model has a head and the ``embed`` extra is
-            installed; better on unseen styles, ~9 ms a query instead of ~0.1 ms).
+        model_dir: folder written by ``forge-train router`` (default: the model shipped in this
+            package, see its ``router.json`` for the command that built it).
+        encoder: use the fine-tuned encoder: ``true``, ``false`` or ``"auto"`` (default: when the
+            model has one and ``onnxruntime`` is installed; ~4 ms a query instead of ~0.2 ms).
+        threshold: confidence below which the query goes to the default expert (default: the
+            model's own, tuned on leave-one-source-out; 0 never abstains).
     """
 
     name = "neural"
+    OPTIONS = frozenset({"model_dir", "encoder", "threshold"})
 
     def __init__(
         self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
     ) -> None:
-        _check_options(self.name, options, {"model_dir", "embeddings"})
+        _check_options(self.name, options, set(self.OPTIONS))
         super().__init__(experts, default_expert=default_expert, **options)
-        self.model = load_router(options.get("model_dir"), options.get("embeddings", "auto"))
-        self.heavy = isinstance(self.model, EnsembleRouter)  # the MiniLM encoder takes ~10 ms
+        self.model: Router = load_router(options.get("model_dir"), options.get("encoder", "auto"))
+        self.heavy = self.model.heavy  # the encoder takes milliseconds: run off the event loop
+        self.threshold = _probability(self.name, options, "threshold", self.model.threshold)
 
     def predict(self, query: str) -> tuple[str, float]:
         """The predicted specialization label of ``query`` and its probability."""
         return self.model.predict(query)
 
+    def decide(self, label: str, prob: float, how: str) -> Classification:
+        """The expert for ``label``, or the default expert when ``prob`` is below the threshold."""
+        if prob < self.threshold:
+            return Classification(
+                self.default_expert, round(prob, 4), f"abstain:{label}:{prob:.2f}<{self.threshold:.2f}"
+            )
+        return Classification(self.expert_for_label(label), round(prob, 4), f"{how}:{label}:{prob:.2f}")
+
     def classify_with_confidence(self, query: str) -> Classification:
-        """Map the predicted label to an expert; confidence is the label's probability."""
+        """Map the predicted label to an expert; confidence is the label's calibrated probability."""
         if not query.strip():
             return Classification(self.default_expert, 0.0, "default:empty")
         label, prob = self.predict(query)
-        return Classification(self.expert_for_label(label), round(prob, 4), f"neural:{label}:{prob:.2f}")
+        return self.decide(label, prob, "neural")
 
 
-class HybridClassifier(Classifier):
-    """SDD §8.2 done with care: keywords when unambiguous, the neural model when sure, else default.
+class HybridClassifier(NeuralClassifier):
+    """The neural router with the experts' keywords as a prior (SDD §8.2, done so that it helps).
 
-    Keyword lists are precise but blind to context ("write a function" is code), so the neural
-    model may overrule an unambiguous keyword match, but only when it is very sure.
+    When the keywords found point at one expert only, that expert's label gets its probability
+    multiplied by ``keyword_prior`` and the probabilities are renormalised. A prior settles close
+    calls; it cannot turn a confident model (0.9 against 0.05 needs a factor of 18). With
+    ``keyword_prior`` 1 this is exactly the neural classifier.
 
     Options:
-        threshold: neural confidence needed to decide when no keyword decides (default 0.4, the
-            best on both leave-one-source-out and the stress set; below it the default expert serves).
-        override: the neural model overrules an unambiguous keyword only when its confidence
-            is above this (default 0.8; 1.0 means never).
-        model_dir, embeddings: as for the neural classifier.
+        keyword_prior: the factor (default 1.5; the best of 1, 1.5, 2, 3 on the proxy sets,
+            see ``tests/performance/bench_router.py``).
+        model_dir, encoder, threshold: as for the neural classifier.
     """
 
     name = "hybrid"
+    OPTIONS = frozenset({*NeuralClassifier.OPTIONS, "keyword_prior"})
+    DEFAULT_PRIOR = 1.5
 
     def __init__(
         self, experts: Sequence[ExpertModel], *, default_expert: str = "general", **options: Any
     ) -> None:
-        _check_options(self.name, options, {"threshold", "override", "model_dir", "embeddings"})
         self.keyword = KeywordClassifier(experts, default_expert=default_expert)
         super().__init__(experts, default_expert=default_expert, **options)
-        self.neural = NeuralClassifier(
-            experts,
-            default_expert=default_expert,
-            **{k: v for k, v in options.items() if k in ("model_dir", "embeddings")},
-        )
-        self.heavy = self.neural.heavy
-        self.threshold = self._probability(options, "threshold", 0.4)
-        self.override = self._probability(options, "override", 0.8)
-
-    @staticmethod
-    def _probability(options: dict[str, Any], key: str, default: float) -> float:
-        value = options.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ConfigurationError(f"hybrid classifier: {key} must be a number in [0, 1], got {value!r}")
-        return float(value)
+        prior = options.get("keyword_prior", self.DEFAULT_PRIOR)
+        if isinstance(prior, bool) or not isinstance(prior, (int, float)) or not 1.0 <= prior <= 100.0:
+            raise ConfigurationError(
+                f"hybrid classifier: keyword_prior must be a number in [1, 100], got {prior!r}"
+            )
+        self.prior = float(prior)
 
     def update_experts(self, experts: Sequence[ExpertModel]) -> None:
-        """Replace the experts here and in the keyword and neural parts."""
+        """Replace the experts here and in the keyword part."""
         super().update_experts(experts)
-        self.keyword.update_experts(experts)
-        if hasattr(self, "neural"):
-            self.neural.update_experts(experts)
+        if hasattr(self, "keyword"):
+            self.keyword.update_experts(experts)
 
     def classify_with_confidence(self, query: str) -> Classification:
-        """Decide by keyword, neural model or default; ``reason`` names the path taken."""
-        found = self.keyword.matches(query)
-        label, prob = self.neural.predict(query) if query.strip() else (self.default_expert, 0.0)
-        neural_expert = self.neural.expert_for_label(label)
+        """The neural decision, with a keyword prior when the keywords agree on one expert."""
+        if not query.strip():
+            return Classification(self.default_expert, 0.0, "default:empty")
+        probs = self.model.probabilities(query)
+        found = self.keyword.matches(query) if self.prior != 1.0 else {}
+        how = "neural"
         if len(found) == 1:
-            expert, hits = next(iter(found.items()))
-            if neural_expert == expert:
-                return Classification(
-                    expert,
-                    round(max(prob, KeywordClassifier.UNAMBIGUOUS), 4),
-                    f"keyword+neural:{hits[0]}:{prob:.2f}",
-                )
-            if prob <= self.override:
-                return Classification(expert, KeywordClassifier.UNAMBIGUOUS, f"keyword:{hits[0]}")
-            return Classification(neural_expert, round(prob, 4), f"neural-override:{label}:{prob:.2f}")
-        if prob >= self.threshold:
-            return Classification(neural_expert, round(prob, 4), f"neural:{label}:{prob:.2f}")
-        return Classification(
-            self.default_expert, round(prob, 4), f"default:neural-unsure:{label}:{prob:.2f}"
-        )
+            expert = next(iter(found))
+            boosted = [
+                i for i, label in enumerate(self.model.labels) if self.expert_for_label(label) == expert
+            ]
+            if boosted:
+                probs = probs.copy()
+                probs[boosted] *= self.prior
+                probs /= probs.sum()
+                how = f"neural+keyword:{found[expert][0]}"
+        best = int(probs.argmax())
+        return self.decide(self.model.labels[best], float(probs[best]), how)

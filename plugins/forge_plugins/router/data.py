@@ -12,13 +12,25 @@ from pathlib import Path
 
 from forge_sdk.errors import DataError
 
-__all__ = ["LabelledQuery", "load_chat_prompts", "load_code_chat", "load_filler", "load_labelled"]
+__all__ = [
+    "LabelledQuery",
+    "read_lines",
+    "load_chat_prompts",
+    "load_code_chat",
+    "load_filler",
+    "load_labelled",
+]
 
 LabelledQuery = tuple[str, str]
 """A ``(query, label)`` pair."""
 
 
-def _read_lines(path: Path) -> Iterable[tuple[int, str]]:
+def read_lines(path: Path) -> Iterable[tuple[int, str]]:
+    """``(line number, line)`` of a UTF-8 text file.
+
+    Raises:
+        DataError: the file is missing, unreadable or not UTF-8.
+    """
     try:
         with path.open(encoding="utf-8") as fh:
             yield from enumerate(fh, start=1)
@@ -39,7 +51,7 @@ def load_labelled(path: str | Path) -> list[LabelledQuery]:
     """
     source = Path(path)
     out: list[LabelledQuery] = []
-    for lineno, line in _read_lines(source):
+    for lineno, line in read_lines(source):
         if not line.strip():
             continue
         where = f"{source}:{lineno}"
@@ -67,7 +79,7 @@ def load_filler(path: str | Path, *, min_chars: int = 200, max_chars: int = 1500
         DataError: the file is unreadable or has no paragraph of a usable size.
     """
     source = Path(path)
-    text = "".join(line for _, line in _read_lines(source))
+    text = "".join(line for _, line in read_lines(source))
     paragraphs = [p.strip() for p in text.split("\n\n") if min_chars <= len(p.strip()) <= max_chars]
     if not paragraphs:
         raise DataError(f"{source}: no paragraph of {min_chars}-{max_chars} characters")
@@ -84,7 +96,7 @@ def load_code_chat(path: str | Path, *, source_contains: str = "") -> list[tuple
     """
     source = Path(path)
     pairs: list[tuple[str, str]] = []
-    for lineno, line in _read_lines(source):
+    for lineno, line in read_lines(source):
         if not line.strip():
             continue
         where = f"{source}:{lineno}"
@@ -115,7 +127,7 @@ def load_chat_prompts(path: str | Path, n: int, *, seed: int = 20240917) -> list
     """
     source = Path(path)
     turns: set[str] = set()
-    for lineno, line in _read_lines(source):
+    for lineno, line in read_lines(source):
         if not line.strip():
             continue
         where = f"{source}:{lineno}"

@@ -114,10 +114,15 @@ _LEXICONS: dict[str, str] = {
 
 
 def clip(text: str) -> str:
-    """The part of ``text`` the router reads: all of it, or a head and a tail window."""
-    if len(text) <= HEAD_CHARS + TAIL_CHARS:
+    """The part of ``text`` the router reads: all of it, or a head and a tail window.
+
+    Lone surrogates (JSON allows ``"\\ud800"``) become ``?``: the Rust tokenizer refuses them.
+    """
+    if len(text) > HEAD_CHARS + TAIL_CHARS:
+        text = text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+    if text.isascii():
         return text
-    return text[:HEAD_CHARS] + "\n" + text[-TAIL_CHARS:]
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def extract(text: str) -> Counter[str]:

@@ -1,0 +1,74 @@
+"""Routing quality on a CI budget: the shipped model on the hand-written sets, and
+leave-one-source-out on a few folds. The full run is ``tests/performance/bench_router.py``.
+
+The floors sit below the measured figures (README, *Routing quality*) by a margin for noise; they
+catch a broken model or recipe, not a point of F1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from forge_plugins import NeuralClassifier
+from forge_plugins.router.evaluation import evaluate, leave_one_source_out, tune_calibration
+from forge_plugins.router.recipe import Recipe
+from forge_sdk import DEFAULT_EXPERTS
+
+DATA = Path(__file__).parent / "data"
+
+
+def _records(name: str) -> list[tuple[str, str]]:
+    rows = [json.loads(line) for line in (DATA / name).read_text().splitlines() if line.strip()]
+    return [(r["query"], r["label"]) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def shipped() -> NeuralClassifier:
+    return NeuralClassifier(DEFAULT_EXPERTS)
+
+
+@pytest.mark.parametrize(
+    ("name", "floor"),
+    [("router_fresh.jsonl", 0.9), ("router_fresh_plain.jsonl", 0.88), ("router_stress.jsonl", 0.88)],
+)
+def test_shipped_model_on_hand_written_sets(shipped: NeuralClassifier, name: str, floor: float) -> None:
+    report = evaluate(shipped.classify, _records(name))
+    assert report["macro_f1"] >= floor, report
+
+
+def _rows(shared_data: Path) -> list[dict]:
+    return [json.loads(line) for line in (shared_data / "router_train.jsonl").read_text().splitlines()]
+
+
+def test_leave_one_source_out_tfidf(shared_data: Path) -> None:
+    # Two folds, tf-idf only, a lighter recipe: seconds. Each fold's source is unseen in training.
+    recipe = Recipe(encoder=False, domain_docs=0, generated=100)
+    groups = [
+        "Quehry/HelloBench:data/main_data/open_ended_qa.jsonl",
+        "ZubinGou/math-evaluation-harness:data/svamp/test.jsonl",
+    ]
+    folds = leave_one_source_out(_rows(shared_data), shared_data / "router_train.jsonl", recipe, groups)
+    labels = ["code", "general", "math", "writing"]
+    for group, fold in folds.items():
+        right = sum(
+            labels[max(range(4), key=p.__getitem__)] == g
+            for p, g in zip(fold["tfidf"], fold["gold"], strict=True)
+        )
+        assert right / len(fold["gold"]) >= 0.6, (group, right, len(fold["gold"]))
+    tuned = tune_calibration(folds, labels)
+    assert tuned["temperature"]["tfidf"] > 0 and 0 <= tuned["abstain"]["tfidf"] <= 0.9
+
+
+@pytest.mark.slow
+def test_leave_one_source_out_encoder_fold(shared_data: Path) -> None:
+    # One fold with a fine-tuned encoder on 400 examples for one epoch (~1 min of CPU).
+    recipe = Recipe(domain_docs=0, generated=100, encoder_examples=400, epochs=1)
+    group = "shilliscmu/TranxConalaBaseline:conala-train.json"
+    fold = leave_one_source_out(_rows(shared_data), shared_data / "router_train.jsonl", recipe, [group])[
+        group
+    ]
+    right = sum(max(range(4), key=z.__getitem__) == 0 for z in fold["logits"])  # 0: "code"
+    assert right / len(fold["gold"]) >= 0.8, right
