@@ -80,8 +80,9 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 class RouterConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """How ``model: "auto"`` picks an expert."""
 
-    classifier: str = "hybrid"
-    """Registered classifier name (``keyword``, ``neural``, ``hybrid``, or a plugin's)."""
+    classifier: str = "neural"
+    """Registered classifier name (``keyword``, ``neural``, ``hybrid``, or a plugin's). ``neural``,
+    the trained router alone, scored best on the held-out proxy; ``hybrid`` adds keywords as a prior."""
     default_expert: str = "general"
     """Expert used when the classifier is unsure or the chosen expert is unavailable."""
     options: dict[str, Any] = field(default_factory=dict)

@@ -73,13 +73,13 @@ def test_experts_lists_mathexpert(gateway: GatewayProcess) -> None:
 def test_auto_routes_a_math_question_to_mathexpert(gateway: GatewayProcess) -> None:
     decision = httpx.post(f"{gateway.base_url}/route", params={"query": MATH}, timeout=10).json()
     assert decision["expert"] == "mathexpert" and decision["endpoint"] == "local"
-    assert decision["classifier"] == "hybrid" and decision["confidence"] > 0.5  # the default classifier
+    assert decision["classifier"] == "neural" and decision["confidence"] > 0.5  # the default classifier
     client = openai.OpenAI(base_url=f"{gateway.base_url}/v1", api_key="unused", max_retries=0)
     raw = client.chat.completions.with_raw_response.create(
         model="auto", messages=[{"role": "user", "content": MATH}], max_tokens=4, temperature=0
     )
     assert raw.headers["x-forge-expert"] == "mathexpert"
-    assert raw.headers["x-forge-route-reason"].startswith("router:hybrid")
+    assert raw.headers["x-forge-route-reason"].startswith("router:neural:neural:math:")
     completion = raw.parse()
     assert completion.model == "mathexpert" and completion.usage is not None
     assert "mathexpert" in [m.id for m in client.models.list().data]

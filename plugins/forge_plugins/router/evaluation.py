@@ -163,13 +163,18 @@ def leave_one_source_out(
 
 
 def tune_calibration(
-    folds: dict[str, dict[str, Any]], labels: Sequence[str], *, abstain_label: str = "general"
+    folds: dict[str, dict[str, Any]],
+    labels: Sequence[str],
+    *,
+    abstain_label: str = "general",
+    weight: float | None = None,
 ) -> dict[str, Any]:
     """Mixing weight, temperature and abstain threshold from leave-one-source-out predictions.
 
     The weight maximises pooled macro-F1; the temperature minimises the negative log-likelihood
     (temperature scaling, Guo et al. 2017); the threshold maximises macro-F1 when a query below it
     is sent to ``abstain_label``'s expert. Folds without encoder logits tune the tf-idf entries only.
+    A given ``weight`` is used as it is (chosen on more than these folds).
 
     Returns:
         ``{"tfidf_weight", "temperature": {"encoder", "tfidf"}, "abstain": {...}, "scores": {...}}``.
@@ -195,7 +200,7 @@ def tune_calibration(
         return sum(scores) / len(scores)
 
     result: dict[str, Any] = {"temperature": {}, "abstain": {}, "scores": {}}
-    weights = [round(w, 2) for w in np.linspace(0.0, 1.0, 11)] if with_encoder else [1.0]
+    weights = [round(w, 2) for w in np.linspace(0.0, 1.0, 11)] if with_encoder and weight is None else [weight or 0.3]
     best_w = max(weights, key=lambda w: (macro(combine(log_t, logits, w, 1.0).argmax(1)), -abs(w - 0.3)))
     result["tfidf_weight"] = best_w if with_encoder else 0.3
     for kind, lg, w in (("tfidf", None, 1.0), ("encoder", logits, best_w)):

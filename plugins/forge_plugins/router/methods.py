@@ -164,9 +164,11 @@ class RouterTrainMethod(TrainingMethod):
             model.meta["registry"] = registry
         model.meta["command"] = recorded_command(sys.argv[1:] if sys.argv[1:2] == ["router"] else ["router"])
         out = model.save(args.output)
-        metrics = {k: v for k, v in model.meta.items() if k not in ("class_counts",)}
-        print(json.dumps({"output_dir": str(out), **metrics}, indent=2))
-        return TrainingResult(output_dir=str(out), metrics=metrics)
+        print(json.dumps({"output_dir": str(out), **model.meta}, indent=2))
+        keys = ("n_records", "n_examples", "data", "registry", "recipe", "command")
+        return TrainingResult(
+            output_dir=str(out), metrics={k: model.meta[k] for k in keys if k in model.meta}
+        )
 
 
 class RouterEvalMethod(TrainingMethod):
@@ -245,4 +247,5 @@ class RouterEvalMethod(TrainingMethod):
             report["threshold"] = clf.threshold
             reports[Path(path).name] = report
         sys.stdout.write(json.dumps(reports, indent=2) + "\n")
-        return TrainingResult(output_dir=str(folder), metrics=reports)
+        summary = {name: rep["macro_f1"] for name, rep in reports.items()}
+        return TrainingResult(output_dir=str(folder), metrics={"macro_f1": summary})
