@@ -200,7 +200,11 @@ def tune_calibration(
         return sum(scores) / len(scores)
 
     result: dict[str, Any] = {"temperature": {}, "abstain": {}, "scores": {}}
-    weights = [round(w, 2) for w in np.linspace(0.0, 1.0, 11)] if with_encoder and weight is None else [weight or 0.3]
+    weights = (
+        [round(w, 2) for w in np.linspace(0.0, 1.0, 11)]
+        if with_encoder and weight is None
+        else [0.3 if weight is None else weight]
+    )
     best_w = max(weights, key=lambda w: (macro(combine(log_t, logits, w, 1.0).argmax(1)), -abs(w - 0.3)))
     result["tfidf_weight"] = best_w if with_encoder else 0.3
     for kind, lg, w in (("tfidf", None, 1.0), ("encoder", logits, best_w)):
