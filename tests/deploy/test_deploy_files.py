@@ -177,3 +177,17 @@ def test_health_is_a_route() -> None:
     from forge_gateway.api_sdd import sdd_routes
 
     assert any("/health" in getattr(route, "paths", ()) for route in sdd_routes)
+
+
+def test_kustomize_builds_every_manifest() -> None:
+    """``kubectl kustomize`` (offline) renders the folder: the resources list and YAML are valid."""
+    import shutil
+    import subprocess
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    proc = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(proc.stdout) if doc)
+    assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Secret", "Service"]
