@@ -147,3 +147,22 @@ async def test_settings_reach_the_vllm_engine(tiny_model_dir: Path) -> None:
         assert vllm_config.parallel_config.tensor_parallel_size == 1
     finally:
         await engine.stop()
+
+
+@needs_vllm
+def test_standalone_experts_get_the_same_layout(tiny_model_dir: Path) -> None:
+    """A standalone (merged / quantized) expert's engine is built with the [engine] parallelism too."""
+    from forge_gateway.engine_pool import standalone_factory
+    from forge_sdk.experts import ExpertModel
+
+    config = load_config(
+        environ={},
+        overrides={
+            "model": str(tiny_model_dir),
+            "engine": {"kind": "vllm", "tensor_parallel_size": 2, "enable_prefix_caching": True},
+        },
+    )
+    engine = standalone_factory(config, "vllm")(ExpertModel(name="merged", model_path=str(tiny_model_dir)))
+    options = engine._engine_kwargs  # type: ignore[attr-defined]  # unstarted: nothing loads here
+    assert options["tensor_parallel_size"] == 2 and options["enable_prefix_caching"] is True
+    assert engine._gpu_mem == config.engine.standalone_gpu_memory_utilization  # type: ignore[attr-defined]
