@@ -97,6 +97,10 @@ def sample_next(logits: torch.Tensor, seq: Seq) -> int:
     """Pick the next token of ``seq`` from its last-position ``logits`` (1-D, vocab)."""
     s = seq.request.sampling
     row = _penalize(logits.float().clone(), seq)
+    if not bool(torch.isfinite(row).any()):
+        # Every token is ruled out (a finished grammar allows only EOS, which min_tokens blocks):
+        # end the sequence rather than sample from nothing, which would fail the whole batch.
+        return min(seq.eos) if seq.eos else int(torch.argmax(logits))
     if s.temperature == 0:
         return int(torch.argmax(row))
     if 0 < s.top_k < row.shape[0]:

@@ -463,10 +463,9 @@ class TransformersEngine(HFTokenizerEngine):
         seq.generated.append(token)
         seq.pending = token
         reason = None
-        if seq.matcher is not None and not seq.matcher.accept_token(token):
-            # The mask allows only tokens the grammar accepts; refusing one means a broken grammar state.
-            raise InferenceError(f"the output constraint refused token {token}")
-        if token in seq.eos:
+        refused = seq.matcher is not None and not seq.matcher.accept_token(token)
+        if refused or token in seq.eos:
+            # A refused token can only be the forced end above; the output so far is what the grammar allowed.
             text = seq.stopper.push([], final=True)
             reason = "stop"
         else:
