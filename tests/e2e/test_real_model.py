@@ -48,3 +48,19 @@ def test_greedy_capital_of_france(real_gateway: GatewayProcess) -> None:
         if chunk.choices
     )
     assert streamed == reply.choices[0].message.content
+
+
+def test_eval_through_the_gateway_matches_local(
+    real_gateway: GatewayProcess, shared_data: Path, tmp_path: Path
+) -> None:
+    """forge-train eval's gateway path (echo + logprobs) scores what the local path scores."""
+    from forge_train.evaluate import gateway_answer_nll, local_answer_nll
+
+    rows = (shared_data / "expert_math_gsm8k_2k.jsonl").read_text().splitlines()[-3:]
+    data = tmp_path / "heldout.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    local = local_answer_nll(REAL_MODEL, str(data))
+    served = gateway_answer_nll(real_gateway.base_url, REAL_MODEL, str(data), REAL_MODEL)
+    assert served.conversations == local.conversations == 3
+    assert served.answer_tokens == local.answer_tokens
+    assert served.nll == pytest.approx(local.nll, rel=2e-3)
