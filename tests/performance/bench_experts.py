@@ -14,9 +14,10 @@
 
 Expected shape: each expert beats the base on its own domain; ``auto`` on the mixed set beats the
 base and every single expert. Prints a table; asserts nothing. CPU budget (2 shared cores): the
-defaults train 128 rows per expert for 32 steps of batch 4 at <= 320 tokens. Run:
+defaults train 64 rows per expert for 16 steps (one epoch) of batch 4 at <= 256 tokens, and hold
+out 16 conversations per domain. Run:
 
-    OMP_NUM_THREADS=1 nice -n 10 python tests/performance/bench_experts.py [--train-rows 128 --steps 32]
+    OMP_NUM_THREADS=1 nice -n 10 python tests/performance/bench_experts.py [--train-rows 64 --steps 16]
 """
 
 from __future__ import annotations
@@ -81,11 +82,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--train-rows", type=int, default=128)
-    parser.add_argument("--eval-rows", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=32)
+    parser.add_argument("--train-rows", type=int, default=64)
+    parser.add_argument("--eval-rows", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-length", type=int, default=320)
+    parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--workdir", help="keep outputs here (default: a temporary folder)")
     a = parser.parse_args()

@@ -223,3 +223,65 @@ def test_forge_train_distill_cli_vocab_mismatch(models, tmp_path):
     )
     assert proc.returncode == 1
     assert "different vocabularies" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_chunked_loss_and_gradients_match_one_pass(models, tmp_path, monkeypatch):
+    """Chunks (recomputed in backward) give the loss and gradients of one full-vocabulary pass."""
+    import forge_train.distill as distill_mod
+    from forge_train.distill import Distiller
+
+    teacher, student, _ = models
+    d = Distiller(_config(teacher, student, tmp_path, temperature=2.0, alpha=0.5))
+    d.vocab_size = 13
+    g = torch.Generator().manual_seed(1)
+    s0, t = torch.randn(3, 6, 13, generator=g), torch.randn(3, 6, 13, generator=g)
+    labels = torch.randint(0, 13, (3, 6), generator=g)
+    labels[2, 4:] = -100
+    grads = []
+    for chunk in (10_000, 2):
+        monkeypatch.setattr(distill_mod, "KL_CHUNK", chunk)
+        s = s0.clone().requires_grad_(True)
+        loss = d.distillation_loss(s, t, labels)
+        loss.backward()
+        grads.append((loss.detach(), s.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+
+
+def test_gradient_accumulation_scales_by_the_steps_token_count(models, tmp_path):
+    """Two micro-batches divided by the step's token count add up to the loss of one big batch."""
+    from forge_train.distill import Distiller
+
+    teacher, student, _ = models
+    d = Distiller(_config(teacher, student, tmp_path))
+    d.vocab_size = 11
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(4, 7, 11, generator=g), torch.randn(4, 7, 11, generator=g)
+    labels = torch.randint(0, 11, (4, 7), generator=g)
+    labels[0, 2:] = -100  # micro-batches with very different token counts
+    whole = d.distillation_loss(s, t, labels)
+    n = int((labels[:, 1:] != -100).sum())
+    halves = sum(
+        d.distillation_loss(s[i : i + 2], t[i : i + 2], labels[i : i + 2], num_items_in_batch=n)
+        for i in (0, 2)
+    )
+    torch.testing.assert_close(halves, whole)
+
+
+def test_chat_records_learn_answers_only(models, tmp_path):
+    from forge_train.distill import Distiller
+
+    teacher, student, _ = models
+    d = Distiller(_config(teacher, student, tmp_path, max_seq_length=256))
+    d.load_models()
+    record = {
+        "messages": [
+            {"role": "user", "content": "Name a fruit."},
+            {"role": "assistant", "content": "A pear."},
+        ]
+    }
+    row = d._tokenize([record, {"text": "plain text is learned whole"}])
+    learned = [t for t, y in zip(row[0]["input_ids"], row[0]["labels"], strict=True) if y != -100]
+    assert d.tokenizer.decode(learned).startswith("A pear.")
+    assert "fruit" not in d.tokenizer.decode(learned)
+    assert row[1]["labels"] == row[1]["input_ids"]

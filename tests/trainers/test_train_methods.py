@@ -147,6 +147,32 @@ def test_oom_retries_with_half_batch_and_double_accumulation(tiny_model_dir, sft
     assert (manifest["batch_size"], manifest["gradient_accumulation_steps"]) == (2, 2)
 
 
+def test_oom_after_a_checkpoint_resumes_from_it(tiny_model_dir, sft_file, tmp_path, caplog):
+    import torch
+    from transformers import TrainerCallback
+
+    class OutOfMemoryAtStep3(TrainerCallback):
+        """Fault injection: the first attempt runs out of memory after checkpoint-2 was saved."""
+
+        fired = False
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step == 2 and not OutOfMemoryAtStep3.fired:
+                OutOfMemoryAtStep3.fired = True
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    settings = fast_settings(tmp_path, tiny_model_dir, sft_file, max_steps=4, save_steps=2)
+    with caplog.at_level("WARNING", logger="forge_train"):
+        trainer = train_sft(msgspec.convert(settings, SFTConfig), callbacks=[OutOfMemoryAtStep3()])
+    assert f"from {tmp_path / 'out' / 'checkpoint-2'}" in caplog.text
+    assert trainer.state.global_step == 4
+    # Resumed, not restarted: the second attempt logged only steps 3 and 4.
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps.count(1) == 1 and steps[-1] == 4
+
+
 def test_assistant_only_loss_without_generation_markers(tiny_model_dir, sft_file, tmp_path):
     """A template with no {% generation %} markers still trains on assistant tokens only."""
     import shutil

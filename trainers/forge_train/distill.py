@@ -79,6 +79,36 @@ def load_text_records(dataset: Any) -> list[dict[str, Any]]:
     return records
 
 
+KL_CHUNK = 1024
+"""Labelled positions per chunk of the KL / CE computation (bounds the float32 softmax copies)."""
+
+
+def _chunk_terms(s: Any, t: Any, y: Any, tau: float) -> tuple[Any, Any]:
+    """Summed KL(p_t ‖ p_s) at temperature ``tau`` and summed CE of one chunk of positions."""
+    import torch.nn.functional as F  # noqa: N812
+
+    s32, t32 = s.float(), t.float()
+    log_p_s = F.log_softmax(s32 / tau, dim=-1)
+    log_p_t = F.log_softmax(t32 / tau, dim=-1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
+    ce = F.cross_entropy(s32, y, reduction="sum")
+    return kl, ce
+
+
+def _record_messages(record: Any, index: int) -> list[dict[str, str]] | None:
+    if not isinstance(record, dict):
+        raise DataError(f"record {index}: expected an object, got {type(record).__name__}")
+    messages = record.get("messages")
+    if messages is None and isinstance(record.get("prompt"), str):
+        answer = record.get("response", record.get("completion"))
+        if isinstance(answer, str):
+            messages = [
+                {"role": "user", "content": record["prompt"]},
+                {"role": "assistant", "content": answer},
+            ]
+    return messages if isinstance(messages, list) and messages else None
+
+
 def _record_text(record: dict[str, Any], tokenizer: Any, index: int) -> str:
     if not isinstance(record, dict):
         raise DataError(f"record {index}: expected an object, got {type(record).__name__}")
@@ -175,56 +205,82 @@ class Distiller:
         self.teacher, self.student, self.tokenizer = teacher, student, s_tok
 
     def distillation_loss(
-        self, s_logits: Any, t_logits: Any, labels: Any, *, return_parts: bool = False
+        self,
+        s_logits: Any,
+        t_logits: Any,
+        labels: Any,
+        *,
+        num_items_in_batch: Any = None,
+        return_parts: bool = False,
     ) -> Any:
         """``alpha·τ²·KL(p_t ‖ p_s) + (1-alpha)·CE`` over the tokens whose label is not -100.
 
         Logits at position ``i`` predict token ``i+1`` (the causal-LM shift), so both terms use
-        ``logits[:, :-1]`` against ``labels[:, 1:]``.
+        ``logits[:, :-1]`` against ``labels[:, 1:]``. Only labelled positions are scored, in chunks
+        of :data:`KL_CHUNK` rows recomputed in the backward pass (``torch.utils.checkpoint``): the
+        float32 softmax copies of a 150k vocabulary never exist for the whole batch at once.
 
         Args:
             s_logits: student logits ``[batch, seq, vocab]``.
             t_logits: teacher logits, same shape (extra padded vocab columns are ignored).
             labels: token ids ``[batch, seq]``, -100 where no loss applies (padding, masked prompt).
-            return_parts: also return ``{"kl": ..., "ce": ...}`` (detached).
+            num_items_in_batch: labelled tokens of the whole optimizer step (all gradient
+                accumulation micro-batches), as ``Trainer`` passes it; sums are divided by it, so
+                accumulated micro-batches add up to the mean over the step. None: this batch's count.
+            return_parts: also return ``{"kl": ..., "ce": ..., "tokens": ...}`` (detached).
 
         Returns:
             The scalar loss, or ``(loss, parts)``.
         """
-        import torch.nn.functional as F  # noqa: N812
+        import torch
+        from torch.utils.checkpoint import checkpoint
 
         tau, alpha = self.config.temperature, self.config.alpha
         vocab = self.vocab_size or s_logits.shape[-1]
-        s = s_logits[:, :-1, :vocab].float()
-        t = t_logits[:, :-1, :vocab].float()
         target = labels[:, 1:]
-        mask = (target != -100).float()
-        n_tokens = mask.sum().clamp(min=1.0)
-        log_p_s = F.log_softmax(s / tau, dim=-1)
-        log_p_t = F.log_softmax(t / tau, dim=-1)
-        kl_per_token = (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1)
-        kl = (kl_per_token * mask).sum() / n_tokens
-        ce = (
-            F.cross_entropy(s.reshape(-1, vocab), target.reshape(-1), ignore_index=-100, reduction="sum")
-            / n_tokens
-        )
+        keep = target != -100
+        s = s_logits[:, :-1, :vocab][keep]
+        t = t_logits[:, :-1, :vocab][keep].detach()
+        y = target[keep]
+        count = int(keep.sum())
+        denom = torch.as_tensor(num_items_in_batch if num_items_in_batch is not None else count).clamp(min=1)
+        kl_sum = s.sum() * 0.0  # a zero that keeps the graph when no token is labelled
+        ce_sum = s.sum() * 0.0
+        for start in range(0, count, KL_CHUNK):
+            part = slice(start, start + KL_CHUNK)
+            kl_c, ce_c = checkpoint(_chunk_terms, s[part], t[part], y[part], tau, use_reentrant=False)
+            kl_sum = kl_sum + kl_c
+            ce_sum = ce_sum + ce_c
+        kl = kl_sum / denom.to(kl_sum.device)
+        ce = ce_sum / denom.to(ce_sum.device)
         loss = alpha * tau**2 * kl + (1.0 - alpha) * ce
         if return_parts:
-            return loss, {
-                "kl": float(kl.detach()),
-                "ce": float(ce.detach()),
-                "tokens": int(mask.sum().item()),
-            }
+            # Reported per token of this batch, whatever the accumulation.
+            n = max(count, 1)
+            return loss, {"kl": float(kl_sum.detach()) / n, "ce": float(ce_sum.detach()) / n, "tokens": count}
         return loss
 
     def _tokenize(self, records: list[dict[str, Any]]) -> Any:
         from datasets import Dataset
 
-        texts = [_record_text(r, self.tokenizer, i) for i, r in enumerate(records)]
-        enc = self.tokenizer(
-            texts, truncation=True, max_length=self.config.max_seq_length, add_special_tokens=False
-        )
-        return Dataset.from_dict({"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]})
+        from forge_train.chat_labels import tokenize_chat
+
+        limit = self.config.max_seq_length
+        ids: list[list[int]] = []
+        labels: list[list[int]] = []
+        for i, record in enumerate(records):
+            messages = _record_messages(record, i)
+            if messages is not None and getattr(self.tokenizer, "chat_template", None):
+                # Chat data: the loss is on the assistant turns only, as in SFT (prompt tokens -100).
+                row = tokenize_chat(self.tokenizer, messages)
+                ids.append(row["input_ids"][:limit])
+                labels.append(row["labels"][:limit])
+            else:
+                text = _record_text(record, self.tokenizer, i)
+                tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"][:limit]
+                ids.append(tokens)
+                labels.append(list(tokens))
+        return Dataset.from_dict({"input_ids": ids, "labels": labels})
 
     def _collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
@@ -233,11 +289,12 @@ class Distiller:
         pad = self.tokenizer.pad_token_id
         ids = torch.full((len(features), width), pad, dtype=torch.long)
         attn = torch.zeros((len(features), width), dtype=torch.long)
+        labels = torch.full((len(features), width), -100, dtype=torch.long)
         for row, f in enumerate(features):
             n = len(f["input_ids"])
             ids[row, :n] = torch.tensor(f["input_ids"])
             attn[row, :n] = 1
-        labels = ids.masked_fill(attn == 0, -100)
+            labels[row, :n] = torch.tensor(f.get("labels", f["input_ids"]))
         return {"input_ids": ids, "attention_mask": attn, "labels": labels}
 
     def train(self, dataset: Any) -> Any:
@@ -304,6 +361,10 @@ def _trainer_class() -> type:
             self.distiller = distiller
             self.last_parts: dict[str, float] = {}
 
+        # The loss divides by the step's labelled-token count (``num_items_in_batch``), so the
+        # accumulated micro-batches already add up to the step's mean: no further division.
+        loss_is_scaled_for_ga = True
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs["labels"]
             batch = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
@@ -314,8 +375,11 @@ def _trainer_class() -> type:
                 teacher.to(device)
             with torch.no_grad():
                 t_logits = teacher(**batch).logits
+            if num_items_in_batch is None and model.training:
+                # No step-wide count (unusual): approximate the step with this micro-batch's.
+                num_items_in_batch = (labels[:, 1:] != -100).sum() * self.args.gradient_accumulation_steps
             loss, self.last_parts = self.distiller.distillation_loss(
-                outputs.logits, t_logits, labels, return_parts=True
+                outputs.logits, t_logits, labels, num_items_in_batch=num_items_in_batch, return_parts=True
             )
             return (loss, outputs) if return_outputs else loss
 

@@ -291,12 +291,20 @@ def run_training(
                 raise TrainingError(
                     "CUDA out of memory even at batch size 1: lower --max-length, or use --load-in-4bit"
                 ) from exc
-            batch, accum = max(1, batch // 2), accum * 2
-            logger.warning(
-                "CUDA out of memory: retrying with batch size %d and gradient accumulation %d", batch, accum
-            )
-            del trainer
-            _free_memory()
+        # Out of the except block on purpose: the exception's traceback pins the failed step's
+        # frames and tensors, so memory can only be freed once it is gone.
+        batch, accum = max(1, batch // 2), accum * 2
+        _release(trainer)
+        del trainer
+        _free_memory()
+        # The same effective batch, so the last checkpoint's step count and data position still hold.
+        resume = get_last_checkpoint(str(output)) or resume
+        logger.warning(
+            "CUDA out of memory: retrying with batch size %d and gradient accumulation %d%s",
+            batch,
+            accum,
+            f", from {resume}" if resume else "",
+        )
     if stopper.received is not None:
         checkpoint = get_last_checkpoint(str(output))
         raise TrainingInterrupted(
@@ -317,6 +325,16 @@ def _check_not_empty(trainer: Any, cfg: BaseTrainingConfig) -> None:
             f"{cfg.dataset_path or 'dataset'}: no training examples left after tokenizing and truncating to "
             f"max_length={cfg.max_seq_length}; raise --max-length or use shorter records"
         )
+
+
+def _release(trainer: Any) -> None:
+    """Drop the trainer's references to model, optimizer and scheduler (accelerate keeps its own)."""
+    accelerator = getattr(trainer, "accelerator", None)
+    if accelerator is not None:
+        accelerator.free_memory()
+    for name in ("model", "model_wrapped", "optimizer", "lr_scheduler"):
+        if hasattr(trainer, name):
+            setattr(trainer, name, None)
 
 
 def _free_memory() -> None:

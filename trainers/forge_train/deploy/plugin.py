@@ -115,11 +115,41 @@ class QuantizeCommand(TrainingMethod):
         )
 
 
+class QuantizeEnvCommand(TrainingMethod):
+    """``forge-train quantize-env``: build the quantization venv ahead of time."""
+
+    name = "quantize-env"
+    help = "Build the quantization venv (llm-compressor, pinned) ahead of time, with pip's progress"
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Flags of ``forge-train quantize-env``."""
+        parser.add_argument(
+            "--wheels", metavar="DIR", help="install only from this folder of wheels (offline)"
+        )
+        parser.add_argument(
+            "--torch-index",
+            metavar="URL",
+            help="extra index for torch (e.g. https://download.pytorch.org/whl/cpu for the CPU build)",
+        )
+
+    def run(self, args: argparse.Namespace) -> TrainingResult:
+        """Build (or check) the venv; returns its folder."""
+        from forge_train.deploy.quantize import LLMCOMPRESSOR_VERSION, ensure_quant_env
+
+        python = ensure_quant_env(
+            auto_install=True, wheels=args.wheels, torch_index=args.torch_index, verbose=True
+        )
+        venv = python.parent.parent
+        return TrainingResult(output_dir=str(venv), metrics={"llmcompressor": LLMCOMPRESSOR_VERSION})
+
+
 @hookimpl
 def register_training_methods(register) -> None:
-    """Register ``merge`` and ``quantize``."""
+    """Register ``merge``, ``quantize`` and ``quantize-env``."""
     register(MergeCommand)
     register(QuantizeCommand)
+    register(QuantizeEnvCommand)
 
 
 @hookimpl

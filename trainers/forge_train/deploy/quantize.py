@@ -7,8 +7,8 @@ on transformers 5. So llm-compressor lives in its own venv (``$FORGE_QUANT_VENV`
 a subprocess. The main install stays consistent and never imports llm-compressor.
 
 Set ``FORGE_QUANT_AUTO_INSTALL=0`` to forbid building the venv (the error then gives the exact
-install command). Build it ahead of time (setup, CI) with
-``python -c "from forge_train.deploy import ensure_quant_env; ensure_quant_env()"``.
+install command). Build it ahead of time (setup, CI, an offline machine) with
+``forge-train quantize-env`` (``--wheels DIR`` installs from a folder of wheels only).
 """
 
 from __future__ import annotations
@@ -52,8 +52,12 @@ def _venv_dir() -> Path:
 
 
 def _requirements() -> list[str]:
-    # Same torch release as the main env, so pip reuses the wheel it already has (no CUDA build).
-    torch_version = metadata.version("torch").split("+")[0]
+    # Same torch release as the main env, so pip reuses the wheel it already has. A CPU build
+    # (``2.13.0+cpu``) is pinned with its local tag: pip then fails loudly rather than pulling a
+    # multi-GB CUDA build onto a CPU machine.
+    torch_version = metadata.version("torch")
+    if "+" in torch_version and not torch_version.split("+")[1].startswith("cpu"):
+        torch_version = torch_version.split("+")[0]
     return [f"torch=={torch_version}", f"llmcompressor=={LLMCOMPRESSOR_VERSION}"]
 
 
@@ -67,12 +71,21 @@ def _python_in(venv: Path) -> Path:
     return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def ensure_quant_env(*, auto_install: bool | None = None) -> Path:
+def ensure_quant_env(
+    *,
+    auto_install: bool | None = None,
+    wheels: str | Path | None = None,
+    torch_index: str | None = None,
+    verbose: bool = False,
+) -> Path:
     """Return the quant venv's python, building the venv first if it is missing.
 
     Args:
         auto_install: build the venv when missing; None reads ``FORGE_QUANT_AUTO_INSTALL``
             (default on).
+        wheels: install only from this folder of wheels (offline: ``pip download`` them elsewhere).
+        torch_index: extra index for the torch wheel (e.g. ``https://download.pytorch.org/whl/cpu``).
+        verbose: stream pip's output (progress) to stderr instead of capturing it.
 
     Raises:
         ConfigurationError: the venv is missing and may not be built, or building it failed;
@@ -99,14 +112,24 @@ def ensure_quant_env(*, auto_install: bool | None = None) -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if python.exists() and marker.is_file() and marker.read_text() == wanted:
             return python
-        steps = [
-            [sys.executable, "-m", "venv", str(venv)],
-            [str(python), "-m", "pip", "install", "-q", *_requirements()],
-        ]
+        pip = [str(python), "-m", "pip", "install"] + ([] if verbose else ["-q"])
+        if wheels is not None:
+            pip += ["--no-index", "--find-links", str(Path(wheels).resolve())]
+        if torch_index:
+            pip += ["--extra-index-url", torch_index]
+        steps = [[sys.executable, "-m", "venv", str(venv)], [*pip, *_requirements()]]
         for step in steps:
-            proc = subprocess.run(step, capture_output=True, text=True, env=_clean_env())
+            if verbose:
+                logger.info("running: %s", " ".join(step))
+            proc = subprocess.run(
+                step,
+                stdout=sys.stderr if verbose else subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=_clean_env(),
+            )
             if proc.returncode != 0:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+                tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-5:]
                 raise ConfigurationError(
                     f"building the quantization venv failed ({' | '.join(tail)}); "
                     f"install it with: {quant_env_install_command()}"
