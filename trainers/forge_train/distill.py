@@ -280,7 +280,12 @@ class Distiller:
                 tokens = self.tokenizer(text, add_special_tokens=False)["input_ids"][:limit]
                 ids.append(tokens)
                 labels.append(list(tokens))
-        return Dataset.from_dict({"input_ids": ids, "labels": labels})
+        # A record whose answer was cut off entirely carries no loss: drop it rather than spend a
+        # forward pass of both models on a zero.
+        kept = [k for k, row in enumerate(labels) if any(y != -100 for y in row[1:])]
+        if not kept:
+            raise DataError(f"no record has answer tokens within max_seq_length={limit}; raise --max-length")
+        return Dataset.from_dict({"input_ids": [ids[k] for k in kept], "labels": [labels[k] for k in kept]})
 
     def _collate(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
