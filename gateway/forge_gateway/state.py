@@ -92,6 +92,7 @@ class Gateway:
             retry_base_delay=router.retry_base_delay,
             allow_link_local=router.upstream_allow_link_local,
             health_check_interval=router.health_check_interval,
+            request_timeout=config.limits.request_timeout,
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._loaded_loras: set[int] = set()

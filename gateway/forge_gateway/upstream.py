@@ -1,14 +1,17 @@
 """Remote experts: pooled connections to OpenAI-compatible upstreams, retries, cooldown.
 
 A lean pooled HTTP/1.1 client (:mod:`forge_gateway.upstream_http`) keeps connections alive
-across requests; general-purpose clients cost more than the whole 1 ms budget here. Connect errors,
-timeouts and 502/503/504 answers are retried with exponential backoff (SDD §9.3, per-expert
-``max_retries``, base delay from ``[router] retry_base_delay``). An expert may list several
-replicas (``endpoints``): each attempt goes to a replica chosen by
-:mod:`forge_gateway.upstream_replicas`, a failed one hands over to another at once, and a replica
-cools down for ``cooldown_s`` after ``failure_threshold`` consecutive failed requests. Only when
-every replica failed or is cooling do requests fall back to the default expert (SDD §9.2), which
-the caller sees in ``x-forge-route-reason``.
+across requests; general-purpose clients cost more than the whole 1 ms budget here. An expert
+may list several replicas (``endpoints``): each attempt goes to a replica chosen by
+:mod:`forge_gateway.upstream_replicas`, and a replica cools down for ``cooldown_s`` after
+``failure_threshold`` consecutive failed requests. A POST is resent (to another replica at once,
+or after an exponential backoff round, SDD §9.3, per-expert ``max_retries``, base delay from
+``[router] retry_base_delay``) only when the upstream cannot have acted on it: connect errors and
+503 answers (the client itself also resends once on a pooled connection found closed before any
+byte came back). Timeouts, disconnects and 502/504 are not resent (a generation may be running
+there): they fall back at once. All attempts together stay within ``limits.request_timeout``.
+Only when every replica failed or is cooling do requests fall back to the default expert
+(SDD §9.2), which the caller sees in ``x-forge-route-reason``.
 
 A stream is only committed once the upstream has sent its first body bytes, so a stream can
 still fall back while nothing has reached the client; a failure after that ends the stream with
@@ -66,10 +69,14 @@ class UpstreamReply:
     stream: AsyncIterator[bytes] | None = None
 
 
-class _RetryableStatusError(Exception):
+class _StatusError(Exception):
     def __init__(self, status: int, text: str) -> None:
         super().__init__(f"upstream answered {status}: {text}")
         self.status = status
+
+
+class _UnavailableError(_StatusError):
+    """503: the upstream says it did not take the request on (safe to resend)."""
 
 
 class UpstreamPool:
@@ -82,6 +89,7 @@ class UpstreamPool:
         retry_base_delay: first backoff delay, seconds (SDD §9.3: 1.0).
         allow_link_local: allow connections to link-local / cloud-metadata addresses.
         health_check_interval: seconds between probes of cooling replicas (0: none).
+        request_timeout: seconds all attempts of one request may take together.
     """
 
     def __init__(
@@ -93,8 +101,10 @@ class UpstreamPool:
         retry_base_delay: float = 1.0,
         allow_link_local: bool = False,
         health_check_interval: float = 2.0,
+        request_timeout: float = 60.0,
     ) -> None:
         self.allow_link_local = allow_link_local
+        self.request_timeout = request_timeout
         self.default_expert = default_expert
         self.failure_threshold = failure_threshold
         self.cooldown_s = cooldown_s
@@ -104,12 +114,15 @@ class UpstreamPool:
         """Replica state per expert name, made on first use (an expert that changes is forgotten)."""
         self._prober = HealthProber(lambda: self.replicas.values(), health_check_interval)
         self._http: HttpPool | None = None
-        self._retryable: tuple[type[BaseException], ...] = (
+        self._failures: tuple[type[BaseException], ...] = (
             asyncio.TimeoutError,
             UpstreamConnectError,
             UpstreamDisconnectedError,
-            _RetryableStatusError,
+            _StatusError,
         )
+        """What counts as a failed attempt (circuit accounting, fallback)."""
+        self._retryable: tuple[type[BaseException], ...] = (UpstreamConnectError, _UnavailableError)
+        """What is resent: only what the upstream cannot have acted on."""
 
     async def start(self) -> None:
         """Open the shared connection pool."""
@@ -196,7 +209,8 @@ class UpstreamPool:
             url = join_endpoint(replica.url, path)
             status, head, data, chunks = await http.post(url, body, headers, timeout=timeout, stream=stream)
             if status in _RETRY_STATUS:
-                raise _RetryableStatusError(status, data[:200].decode(errors="replace"))
+                error = _UnavailableError if status == 503 else _StatusError
+                raise error(status, data[:200].decode(errors="replace"))
             content_type = header(head, b"content-type", "application/json")
             if chunks is None:
                 return UpstreamReply(status, content_type, data)
@@ -212,41 +226,53 @@ class UpstreamPool:
         counted: set[str] = set()
         rounds = 0
         last: BaseException | None = None
-        for _ in range(budget):
-            replica = replicas.pick(time.monotonic(), tried)
-            if replica is None:
-                if not tried:
-                    break  # everything is cooling down
-                await asyncio.sleep(self.retry_base_delay * 2**rounds)
-                rounds += 1
-                tried.clear()
-                replica = replicas.pick(time.monotonic(), tried)
-                if replica is None:
-                    break
-            replica.requests += 1
-            replica.outstanding += 1
-            try:
-                reply = await attempt(replica)
-            except self._retryable as exc:
-                replica.outstanding -= 1
-                last = exc
-                tried.add(replica.url)
-                if replica.url not in counted:  # one failed request per replica, however many tries
-                    counted.add(replica.url)
-                    replicas.failed(replica, _describe(exc), expert.name)
-                continue
-            except BaseException:
-                replica.outstanding -= 1
+        deadline = asyncio.timeout(self.request_timeout)  # all attempts and backoffs together
+        try:
+            async with deadline:
+                for _ in range(budget):
+                    replica = replicas.pick(time.monotonic(), tried)
+                    if replica is None:
+                        if not tried:
+                            break  # everything is cooling down
+                        await asyncio.sleep(self.retry_base_delay * 2**rounds)
+                        rounds += 1
+                        tried.clear()
+                        replica = replicas.pick(time.monotonic(), tried)
+                        if replica is None:
+                            break
+                    replica.requests += 1
+                    replica.outstanding += 1
+                    try:
+                        reply = await attempt(replica)
+                    except self._failures as exc:
+                        replica.outstanding -= 1
+                        last = exc
+                        tried.add(replica.url)
+                        if replica.url not in counted:  # one failed request per replica, however many tries
+                            counted.add(replica.url)
+                            replicas.failed(replica, _describe(exc), expert.name)
+                        if not isinstance(exc, self._retryable):
+                            break  # it may have reached the upstream: never resend it
+                        continue
+                    except BaseException:
+                        replica.outstanding -= 1
+                        raise
+                    replicas.succeeded(replica)
+                    if reply.stream is None:
+                        replica.outstanding -= 1
+                    else:
+                        # The stream holds its replica until it ends, however it ends.
+                        reply.stream = _Held(
+                            self._guard(expert.name, replicas, replica, reply.stream), replica.release
+                        )
+                    return reply
+        except TimeoutError as exc:
+            if not deadline.expired():
                 raise
-            replicas.succeeded(replica)
-            if reply.stream is None:
-                replica.outstanding -= 1
-            else:
-                # The stream holds its replica until it ends, however it ends.
-                reply.stream = _Held(
-                    self._guard(expert.name, replicas, replica, reply.stream), replica.release
-                )
-            return reply
+            state.failures += 1
+            raise UpstreamTimeoutError(
+                f"expert {expert.name!r} took longer than limits.request_timeout ({self.request_timeout:g} s)"
+            ) from exc
         state.failures += 1
         if last is None:
             raise ExpertUnavailableError(f"expert {expert.name!r} is cooling down after repeated failures")
@@ -260,7 +286,7 @@ class UpstreamPool:
         try:
             async for chunk in chunks:
                 yield chunk
-        except self._retryable as exc:
+        except self._failures as exc:
             # Bytes already reached the client: too late to fall back, so say it in-band.
             replicas.failed(replica, _describe(exc), name)
             error = ErrorBody(f"expert {name!r} failed mid-stream: {_describe(exc)}", "upstream_error")
@@ -313,7 +339,7 @@ def with_model(body: bytes, model: str, **changes: Any) -> bytes:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError):
         return "timeout"
-    if isinstance(exc, _RetryableStatusError):
+    if isinstance(exc, _StatusError):
         return f"HTTP {exc.status}"
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 

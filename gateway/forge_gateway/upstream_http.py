@@ -21,6 +21,10 @@ from forge_gateway.endpoints import forbidden_address
 __all__ = ["HttpPool", "UpstreamConnectError", "UpstreamDisconnectedError", "header"]
 
 _HIGH_WATER = 256 * 1024  # buffered stream bytes above which the socket stops being read
+MAX_HEADER_BYTES = 64 * 1024
+"""Most bytes of response headers accepted from an upstream (a clear 502 above)."""
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""Most bytes of a non-streaming response body accepted from an upstream (a clear 502 above)."""
 
 
 class UpstreamConnectError(ConnectionError):
@@ -55,6 +59,10 @@ class _Conn(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self.headers_done = False
         self.paused = False
+        self.header_bytes = 0
+        self.informational = False
+        self.in_flight = False
+        """A request was written and its response has not ended: bytes are expected."""
 
     # -- asyncio.Protocol -----------------------------------------------------------------
 
@@ -62,6 +70,11 @@ class _Conn(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        if not self.in_flight:
+            # Bytes on an idle pooled connection belong to no request: never let them be
+            # parsed as the next request's answer.
+            self.abort()
+            return
         self.got_bytes = True
         try:
             self._parser.feed_data(data)
@@ -71,20 +84,41 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        if not self.complete:
+        if not self.complete and self.headers_done and self._until_close():
+            # No content-length, not chunked: the body is everything up to the close.
+            self.complete, self.reusable = True, False
+            self._wake()
+        elif not self.complete:
             self._fail(UpstreamDisconnectedError("upstream closed the connection"))
+
+    def _until_close(self) -> bool:
+        names = {name for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     # -- httptools callbacks ----------------------------------------------------------------
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value) + 4
+        if self.header_bytes > MAX_HEADER_BYTES:
+            self._fail(UpstreamDisconnectedError(f"upstream headers larger than {MAX_HEADER_BYTES} bytes"))
+            self.abort()
+            return
         self.headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        self.status = self._parser.get_status_code()
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            # 100 Continue / 103 Early Hints: an interim answer, the real one follows.
+            self.informational = True
+            self.headers = []
+            return
+        self.status = status
         self.headers_done = True
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.informational:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and self.transport is not None and not self.paused:
@@ -93,9 +127,13 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.informational:
+            self.informational = False
+            return
         # llhttp forgets keep-alive once the message is done: ask while still inside it.
         self.reusable = self._parser.should_keep_alive()
         self.complete = True
+        self.in_flight = False
         self._wake()
 
     # -- request side ---------------------------------------------------------------------
@@ -258,14 +296,13 @@ class HttpPool:
         loop = asyncio.get_running_loop()
         timer = loop.call_later(timeout, conn.timed_out)
         try:
+            conn.in_flight = True
             conn.transport.write(request)
             if not stream:
-                while not conn.complete:
-                    await conn.wait()
-                status, headers, body = conn.status, conn.headers, conn.take()
+                body = await _read_whole(conn)
                 timer.cancel()
                 self._release(origin, conn)
-                return status, headers, body, None
+                return conn.status, conn.headers, body, None
             while not conn.headers_done:
                 await conn.wait()
         except BaseException:
@@ -303,17 +340,34 @@ class HttpPool:
                 conn.abort()
 
 
+async def _read_whole(conn: _Conn) -> bytes:
+    """The rest of the response body, taken as it arrives (so reading never pauses at the
+    stream high-water mark) and bounded by :data:`MAX_BODY_BYTES`."""
+    parts: list[bytes] = []
+    size = 0
+    while not conn.complete:
+        await conn.wait()
+        if conn.chunks:
+            part = conn.take()
+            size += len(part)
+            if size > MAX_BODY_BYTES:
+                conn.abort()
+                raise UpstreamDisconnectedError(f"upstream response body larger than {MAX_BODY_BYTES} bytes")
+            parts.append(part)
+    if conn.chunks:
+        parts.append(conn.take())
+    return b"".join(parts)
+
+
 async def _drain(conn: _Conn, timeout: float, pool: HttpPool, origin: tuple[str, str, int]) -> bytes:
     timer = asyncio.get_running_loop().call_later(timeout, conn.timed_out)
     try:
-        while not conn.complete:
-            await conn.wait()
+        body = await _read_whole(conn)
     except BaseException:
         conn.abort()
         raise
     finally:
         timer.cancel()
-    body = conn.take()
     pool._release(origin, conn)
     return body
 

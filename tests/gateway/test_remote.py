@@ -483,14 +483,15 @@ async def test_client_leaving_a_stream_closes_the_upstream_stream(live: Live) ->
     assert len(live.upstream.seen("drip")) == 1
 
 
-async def test_timeouts_are_retried_before_falling_back(live: Live) -> None:
+async def test_timed_out_posts_are_not_resent_before_falling_back(live: Live) -> None:
+    # The upstream got the request and may be generating: resending it would run it twice.
     before = len(live.upstream.seen("slow"))
     start = time.monotonic()
     resp = await live.http.post("/v1/chat/completions", json=_chat("slowretry", max_tokens=1))
     elapsed = time.monotonic() - start
     assert resp.headers["x-forge-route-reason"] == "fallback:slowretry-timeout"
-    assert len(live.upstream.seen("slow")) == before + 2  # first attempt + one retry
-    assert 0.6 <= elapsed < 2.5
+    assert len(live.upstream.seen("slow")) == before + 1  # max_retries=1, yet one attempt only
+    assert 0.3 <= elapsed < 2.0
 
 
 async def test_cooldown_ends_and_a_success_closes_the_circuit(live: Live) -> None:
