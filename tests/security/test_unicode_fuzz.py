@@ -55,8 +55,8 @@ EXPERTS = [
 def classifiers() -> list[Any]:
     return [
         router.KeywordClassifier(EXPERTS),
-        router.NeuralClassifier(EXPERTS, embeddings=False),
-        router.HybridClassifier(EXPERTS, embeddings=False),
+        router.NeuralClassifier(EXPERTS, encoder=False),
+        router.HybridClassifier(EXPERTS, encoder=False),
     ]
 
 
