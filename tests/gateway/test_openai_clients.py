@@ -342,7 +342,7 @@ def test_openai_agents_runs_a_tool(vllm_url: str) -> None:
     assert result.final_output == f"Sunny and 31 C in {calls[0]}"
 
 
-def test_instructor_extracts_a_validated_model(url: str) -> None:
+def test_instructor_extracts_a_validated_model(tf_url: str, vllm_url: str) -> None:
     instructor = pytest.importorskip("instructor")
     from pydantic import BaseModel, Field
 
@@ -350,7 +350,8 @@ def test_instructor_extracts_a_validated_model(url: str) -> None:
         name: str = Field(max_length=30)
         country: str = Field(max_length=30)
 
-    for mode in (instructor.Mode.TOOLS, instructor.Mode.JSON_SCHEMA):
+    # Forced tool call on one engine, json_schema response format on the other.
+    for url, mode in ((tf_url, instructor.Mode.TOOLS), (vllm_url, instructor.Mode.JSON_SCHEMA)):
         client = instructor.from_openai(_client(url), mode=mode)
         city = client.chat.completions.create(
             model=MODEL,
