@@ -250,8 +250,8 @@ def main() -> None:
             gw_env = {**env, "FORGE_AUTH_DB_PATH": str(db)}
             gw = subprocess.Popen(gw_cmd, env=gw_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             procs.append(gw)
-        _wait_http(upstream_url, up, 30)
-        _wait_http(f"http://127.0.0.1:{floor_port}", floor, 30)
+        _wait_http(upstream_url, up, 120)
+        _wait_http(f"http://127.0.0.1:{floor_port}", floor, 120)
         for port, proc in zip(ports.values(), procs[2:], strict=True):
             _wait_http(f"http://127.0.0.1:{port}/health", proc)
         path = "/v1/chat/completions"
