@@ -60,6 +60,8 @@ async def _plan(
     gateway: Gateway, engine: Engine, target: Target, req: ChatCompletionRequest
 ) -> tuple[GenerationPlan, ToolMode | None]:
     check_modalities(req)
+    if req.max_tokens == 0:  # 0 is only meaningful for scoring an echoed prompt (text completions)
+        raise InvalidRequestError("max_tokens must be at least 1", param="max_tokens")
     tools, choice = legacy_tools(req)
     mode = tool_mode(tools, choice, req.parallel_tool_calls, _parser(gateway, engine) if tools else None)
     constraint = request_constraint(req)
@@ -79,7 +81,7 @@ async def _plan(
         engine,
         messages=messages,
         prompt=None,
-        max_tokens=req.max_completion_tokens or req.max_tokens or None,
+        max_tokens=req.max_completion_tokens or req.max_tokens,
         temperature=1.0 if req.temperature is None else req.temperature,
         top_p=1.0 if req.top_p is None else req.top_p,
         stop=req.stop,
