@@ -1,30 +1,33 @@
 """forge-gateway vs vLLM's own OpenAI server, and the transformers engine vs plain transformers.
 
-Section 1 (``vllm``/``lora``): vLLM's own server (``python -m vllm.entrypoints.openai.api_server``)
-and ``forge-gateway serve --engine vllm`` are started one after the other on the same model with
-the same engine settings (context, ``max_num_seqs``, eager mode, ``VLLM_CPU_KVCACHE_SPACE``,
-``OMP_NUM_THREADS``) and driven by the same client: streamed chat completions of ``--max-tokens``
-tokens each (``ignore_eos``), ``--requests`` per level at 1, 8 and 32 concurrent streams. Rows:
+Section ``vllm`` / ``lora`` / ``compiled``: vLLM's own server (``python -m
+vllm.entrypoints.openai.api_server``) and ``forge-gateway serve --engine vllm`` on the same model
+with the same engine settings (context, ``max_num_seqs``, eager mode, ``VLLM_CPU_KVCACHE_SPACE``,
+``OMP_NUM_THREADS``), driven by the same client: streamed chat completions of ``--max-tokens``
+tokens each (``ignore_eos``), ``--requests`` per level at 1, 8 and 32 concurrent streams. Each
+table is one group of two servers started side by side (two at most: each holds ~3.5 GB) and
+driven in turn, level by level, A,B then B,A over ``--rounds``, so both see the same (shared,
+noisy) machine; figures are medians over rounds, ratios the median of per-round ratios to the
+group's reference row. Groups:
 
-* ``vllm`` section: vLLM's server vs forge ``--no-lora`` vs forge default (LoRA enabled, no adapter).
-* ``lora`` section: vLLM's server ``--enable-lora`` with one adapter vs forge with the same adapter
-  registered as an expert; base-model and adapter requests (the adapter is a PEFT LoRA with random
-  non-zero weights, made here: it costs what a trained one costs).
+* ``vllm``: vLLM's server (eager) vs forge ``--no-lora``; forge default (LoRA enabled, no
+  adapter) vs forge ``--no-lora``.
+* ``lora``: vLLM's server ``--enable-lora`` with one adapter vs forge with the same adapter
+  registered as an expert; base-model and adapter requests (a PEFT LoRA, rank 8 on all
+  projections, random non-zero weights, made here: it costs what a trained one costs).
+* ``compiled``: vLLM's server eager vs its CPU default (torch.compile, which vLLM turns off as soon
+  as LoRA is enabled).
 
-Servers run in the order A, B, A, B... over ``--rounds`` so both see the same (shared, noisy)
-machine; the table gives each figure's median over rounds and each forge row's ratio to the vLLM
-row of the same round (median of ratios).
+Section ``transformers`` (in process, ``bench_vs_transformers.py``): the gateway's transformers
+engine vs plain ``transformers`` ``generate`` (static batches) and ``generate_batch``.
 
-Section 2 (``transformers``, in process): the gateway's transformers engine vs plain
-``transformers`` ``generate`` (static batches of the concurrency) and transformers' continuous
-batching ``generate_batch``, same model, same prompts, greedy, ``max_tokens`` each.
+    python tests/performance/bench_vs_vllm_server.py --model DIR [--sections vllm,lora,transformers]
+        [--rounds 2] [--requests 48] [--concurrency 1,8,32] [--max-tokens 64]
 
-    python tests/performance/bench_vs_vllm_server.py [--model DIR] [--sections vllm,lora,transformers]
-        [--rounds 1] [--requests 48] [--concurrency 1,8,32] [--max-tokens 64]
-
-Defaults: SmolLM2-135M-Instruct (``--model``, else ``$FORGE_BENCH_MODEL``), 48 requests per level
-(``--single-requests`` 8 at one stream), ``VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2``. Asserts
-nothing about speed; exits non-zero when a request fails or returns fewer tokens than asked.
+Defaults: ``--model`` else ``$FORGE_BENCH_MODEL`` (SmolLM2-135M-Instruct was used), 48 requests per
+level (``--single-requests`` 8 at one stream), ``VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=2``.
+Asserts nothing about speed; exits non-zero when a request fails or returns fewer tokens than
+asked. To see where time goes: ``py-spy record --subprocesses -p PID`` on a server while it runs.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,6 +88,7 @@ def engine_env(threads: int) -> dict[str, str]:
 def server(cmd: list[str], port: int, env: dict[str, str], cwd: str, log: Path) -> Iterator[str]:
     """Run ``cmd`` until ``GET /v1/models`` answers 200; yield its base URL; stop it (SIGINT, then kill)."""
     url = f"http://127.0.0.1:{port}"
+    t0 = time.perf_counter()
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -101,6 +105,7 @@ def server(cmd: list[str], port: int, env: dict[str, str], cwd: str, log: Path) 
             if time.monotonic() > deadline:
                 raise SystemExit(f"server did not start in 600 s: {' '.join(cmd)}")
             time.sleep(0.5)
+        print(f"#   ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
         yield url
     finally:
         if proc.poll() is None:
@@ -180,14 +185,22 @@ class Setup:
     label: str
     cmd: list[str]
     rows: dict[str, str]
+
+
+@dataclass
+class Group:
+    """Servers that run side by side and are driven in turn; one table."""
+
+    title: str
+    setups: list[Setup]
+    rows: list[Row]
     levels: list[int]
 
 
-def vllm_sections(args: argparse.Namespace, work: Path) -> tuple[list[Setup], list[Row]]:
+def groups(args: argparse.Namespace, work: Path) -> list[Group]:
     model = str(Path(args.model).resolve())
-    port = 0  # filled per start
     common = ["--max-model-len", str(args.max_model_len), "--max-num-seqs", str(args.max_num_seqs)]
-    vllm = [
+    vllm_compiled = [
         sys.executable,
         "-m",
         "vllm.entrypoints.openai.api_server",
@@ -195,10 +208,10 @@ def vllm_sections(args: argparse.Namespace, work: Path) -> tuple[list[Setup], li
         model,
         "--served-model-name",
         "base",
-        "--enforce-eager",
         "--disable-uvicorn-access-log",
         *common,
     ]
+    vllm = [*vllm_compiled, "--enforce-eager"]
     forge = [
         sys.executable,
         "-m",
@@ -213,22 +226,45 @@ def vllm_sections(args: argparse.Namespace, work: Path) -> tuple[list[Setup], li
         "--max-model-len",
         str(args.max_model_len),
     ]
-    del port
+    out: list[Group] = []
     levels = args.concurrency
-    lora_levels = args.lora_concurrency
-    setups: list[Setup] = []
-    rows: list[Row] = []
+    ref = "vLLM server (eager)"
     if "vllm" in args.sections:
-        setups += [
-            Setup("vllm server", vllm, {"vLLM server": "base"}, levels),
-            Setup("forge --no-lora", [*forge, "--no-lora"], {"forge --no-lora": "base"}, levels),
-            Setup("forge (LoRA on, unused)", forge, {"forge default (LoRA on, no adapter)": "base"}, levels),
-        ]
-        rows += [
-            Row("vLLM server"),
-            Row("forge --no-lora", "vLLM server"),
-            Row("forge default (LoRA on, no adapter)", "vLLM server"),
-        ]
+        out.append(
+            Group(
+                "LoRA off: vLLM's server vs forge --no-lora",
+                [
+                    Setup("vllm", vllm, {ref: "base"}),
+                    Setup("forge-nolora", [*forge, "--no-lora"], {"forge --no-lora": "base"}),
+                ],
+                [Row(ref), Row("forge --no-lora", ref)],
+                levels,
+            )
+        )
+        out.append(
+            Group(
+                "LoRA enabled, no adapter: forge default vs forge --no-lora",
+                [
+                    Setup("forge-nolora2", [*forge, "--no-lora"], {"forge --no-lora ": "base"}),
+                    Setup("forge-default", forge, {"forge default (LoRA on, no adapter)": "base"}),
+                ],
+                [Row("forge --no-lora "), Row("forge default (LoRA on, no adapter)", "forge --no-lora ")],
+                levels,
+            )
+        )
+    if "compiled" in args.sections:
+        # vLLM's own CPU default is torch.compile (inductor) unless LoRA is on or eager is asked.
+        out.append(
+            Group(
+                "vLLM's server: eager vs compiled (its CPU default without LoRA)",
+                [
+                    Setup("vllm-eager", vllm, {ref: "base"}),
+                    Setup("vllm-compiled", vllm_compiled, {"vLLM server (compiled)": "base"}),
+                ],
+                [Row(ref), Row("vLLM server (compiled)", ref)],
+                levels,
+            )
+        )
     if "lora" in args.sections:
         adapter = make_adapter(model, work / ADAPTER)
         registry = work / "experts.json"
@@ -236,47 +272,51 @@ def vllm_sections(args: argparse.Namespace, work: Path) -> tuple[list[Setup], li
 
         ExpertRegistry(registry).register(ExpertModel(name=ADAPTER, adapter_path=str(adapter)))
         lora_flags = ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "16"]
-        setups += [
-            Setup(
-                "vllm server --enable-lora",
-                [*vllm, *lora_flags, "--lora-modules", f"{ADAPTER}={adapter}"],
-                {"vLLM --enable-lora: base": "base", "vLLM --enable-lora: adapter": ADAPTER},
-                lora_levels,
-            ),
-            Setup(
-                "forge + adapter expert",
-                [*forge, "--registry", str(registry)],
-                {"forge + adapter: base": "base", "forge + adapter: adapter": ADAPTER},
-                lora_levels,
-            ),
-        ]
-        rows += [
-            Row("vLLM --enable-lora: base"),
-            Row("vLLM --enable-lora: adapter"),
-            Row("forge + adapter: base", "vLLM --enable-lora: base"),
-            Row("forge + adapter: adapter", "vLLM --enable-lora: adapter"),
-        ]
-    return setups, rows
+        vb, va = "vLLM --enable-lora: base", "vLLM --enable-lora: adapter"
+        fb, fa = "forge + adapter expert: base", "forge + adapter expert: adapter"
+        out.append(
+            Group(
+                "LoRA on, one adapter loaded (rank 8, all projections)",
+                [
+                    Setup(
+                        "vllm-lora",
+                        [*vllm, *lora_flags, "--lora-modules", f"{ADAPTER}={adapter}"],
+                        {vb: "base", va: ADAPTER},
+                    ),
+                    Setup("forge-lora", [*forge, "--registry", str(registry)], {fb: "base", fa: ADAPTER}),
+                ],
+                [Row(vb), Row(va), Row(fb, vb), Row(fa, va)],
+                args.lora_concurrency,
+            )
+        )
+    return out
 
 
-def run_servers(args: argparse.Namespace, setups: list[Setup], rows: list[Row], work: Path) -> None:
-    by_name = {row.name: row for row in rows}
+def run_group(args: argparse.Namespace, group: Group, work: Path) -> None:
+    """Start the group's servers one after the other, then drive them in turn, level by level."""
+    by_name = {row.name: row for row in group.rows}
     env = engine_env(args.threads)
-    for rnd in range(args.rounds):
-        order = setups if rnd % 2 == 0 else list(reversed(setups))  # A,B then B,A: no side always first
-        for setup in order:
+    with ExitStack() as stack:
+        urls = {}
+        for setup in group.setups:
             port = free_port()
-            cmd = [*setup.cmd, "--port", str(port)]
-            log = work / f"{setup.label.replace(' ', '_')}-{rnd}.log"
-            print(f"# round {rnd + 1}: {setup.label}", file=sys.stderr, flush=True)
-            with server(cmd, port, env, str(work), log) as url:
-                for conc in setup.levels:
+            print(f"# starting {setup.label}", file=sys.stderr, flush=True)
+            log = work / f"{setup.label}.log"
+            urls[setup.label] = stack.enter_context(
+                server([*setup.cmd, "--port", str(port)], port, env, str(work), log)
+            )
+        for rnd in range(args.rounds):
+            for conc in group.levels:
+                # A,B then B,A: neither side always goes first.
+                order = group.setups if rnd % 2 == 0 else list(reversed(group.setups))
+                for setup in order:
                     for row_name, model in setup.rows.items():
                         n = args.single_requests if conc == 1 else args.requests
-                        level = asyncio.run(drive(url, model, n, conc, args.max_tokens))
+                        level = asyncio.run(drive(urls[setup.label], model, n, conc, args.max_tokens))
                         by_name[row_name].runs.setdefault(conc, []).append(level)
                         print(
-                            f"#   {row_name} @{conc}: {level.tok_s:.1f} tok/s, TTFT p50 {level.ttft_p50_ms:.0f} ms",
+                            f"#   round {rnd + 1} {row_name} @{conc}: {level.tok_s:.1f} tok/s, "
+                            f"TTFT p50 {level.ttft_p50_ms:.0f} ms (load {os.getloadavg()[0]:.1f})",
                             file=sys.stderr,
                             flush=True,
                         )
@@ -310,8 +350,8 @@ def print_table(title: str, rows: list[Row], levels: list[int]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=os.environ.get("FORGE_BENCH_MODEL"), help="model folder (Llama-like)")
-    p.add_argument("--sections", default="vllm,lora,transformers")
-    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--sections", default="vllm,lora,transformers", help="also: compiled")
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--requests", type=int, default=48, help="requests per level (8 and 32 streams)")
     p.add_argument("--single-requests", type=int, default=8, help="requests at one stream")
     p.add_argument("--concurrency", default="1,8,32")
@@ -329,22 +369,16 @@ def main() -> int:
     print(f"# load before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-vs-vllm-") as tmp:
         work = Path(tmp)
-        setups, rows = vllm_sections(args, work)
-        if setups:
-            run_servers(args, setups, rows, work)
+        for group in groups(args, work):
+            run_group(args, group, work)
             print(
                 f"\nmodel {Path(args.model).name}; {args.requests} requests x {args.max_tokens} tokens "
                 f"(ignore_eos) per level ({args.single_requests} at 1 stream); max_model_len "
-                f"{args.max_model_len}, max_num_seqs {args.max_num_seqs}, eager; OMP_NUM_THREADS={args.threads} "
-                f"VLLM_CPU_KVCACHE_SPACE=1; {args.rounds} round(s); ratios vs the vLLM row of the same round; "
-                f"load avg now {os.getloadavg()[0]:.2f}"
+                f"{args.max_model_len}, max_num_seqs {args.max_num_seqs}; OMP_NUM_THREADS={args.threads} "
+                f"VLLM_CPU_KVCACHE_SPACE=1; {args.rounds} round(s), servers side by side, driven in turn; "
+                f"ratios: median over rounds of row / reference row; load avg now {os.getloadavg()[0]:.2f}"
             )
-            base_rows = [r for r in rows if "enable-lora" not in r.name and "adapter:" not in r.name]
-            lora_rows = [r for r in rows if r not in base_rows]
-            if base_rows:
-                print_table("LoRA off / unused", base_rows, args.concurrency)
-            if lora_rows:
-                print_table("LoRA on, one adapter loaded", lora_rows, args.lora_concurrency)
+            print_table(group.title, group.rows, group.levels)
         if "transformers" in args.sections:
             from tests.performance.bench_vs_transformers import run_transformers_section
 
