@@ -252,19 +252,6 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
                 levels,
             )
         )
-    if "compiled" in args.sections:
-        # vLLM's own CPU default is torch.compile (inductor) unless LoRA is on or eager is asked.
-        out.append(
-            Group(
-                "vLLM's server: eager vs compiled (its CPU default without LoRA)",
-                [
-                    Setup("vllm-eager", vllm, {ref: "base"}),
-                    Setup("vllm-compiled", vllm_compiled, {"vLLM server (compiled)": "base"}),
-                ],
-                [Row(ref), Row("vLLM server (compiled)", ref)],
-                levels,
-            )
-        )
     if "lora" in args.sections:
         adapter = make_adapter(model, work / ADAPTER)
         registry = work / "experts.json"
@@ -287,6 +274,19 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
                 ],
                 [Row(vb), Row(va), Row(fb, vb), Row(fa, va)],
                 args.lora_concurrency,
+            )
+        )
+    if "compiled" in args.sections:
+        # vLLM's own CPU default is torch.compile (inductor) unless LoRA is on or eager is asked.
+        out.append(
+            Group(
+                "vLLM's server: eager vs compiled (its CPU default without LoRA)",
+                [
+                    Setup("vllm-eager", vllm, {ref: "base"}),
+                    Setup("vllm-compiled", vllm_compiled, {"vLLM server (compiled)": "base"}),
+                ],
+                [Row(ref), Row("vLLM server (compiled)", ref)],
+                levels,
             )
         )
     return out
