@@ -152,7 +152,7 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 240) -> None:
+def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 600) -> None:
     import httpx
 
     deadline = time.monotonic() + timeout
