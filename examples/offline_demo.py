@@ -104,7 +104,7 @@ def main() -> int:
         print("usage:", completion.usage.model_dump() if completion.usage else None)
         print("served by:", resp.headers.get("x-forge-expert"), "|", resp.headers.get("x-forge-route-reason"))
 
-        step("5. The same, streamed (SSE) with a final usage chunk")
+        step("5. A streamed answer (SSE) with a final usage chunk")
         stream = client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "Give me two tips for a good night's sleep."}],
