@@ -44,6 +44,11 @@ def test_sft_loss_falls_and_writes_outputs(tiny_model_dir, sft_file, tmp_path):
     assert trainer.state.global_step == 30
     assert_loss_falls(losses(trainer))
     _check_outputs(Path(cfg.output_dir), "sft", 30)
+    import trl.trainer.utils as trl_utils
+
+    from forge_train.train import LM_HEAD_TILE
+
+    assert trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE == LM_HEAD_TILE  # bounded LM-head tiles (peak memory)
 
 
 def test_pretrain_loss_falls_on_raw_text(tiny_model_dir, pretrain_file, tmp_path):
