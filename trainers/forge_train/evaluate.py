@@ -7,7 +7,8 @@ says how well a model predicts the answers, not the questions. Two ways to measu
   positions are computed (``logits_to_keep``), so a 49k or 150k vocabulary costs little memory;
 - through a running gateway: ``/v1/completions`` with ``echo`` and ``logprobs`` returns the
   log-probability of every prompt token, for ``model=<expert>``, the base or ``"auto"`` (the
-  router picks the expert per conversation, as it would for a user). Answer tokens are found by
+  router picks the expert from the conversation's question, as for a user's chat request, and
+  that expert scores the conversation). Answer tokens are found by
   their character offsets in the rendered conversation, so the gateway's tokenisation need not be
   replayed here.
 """
@@ -132,8 +133,9 @@ def gateway_answer_nll(
     with httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout) as client:
         for messages in _conversations(data_path, limit):
             text, spans = assistant_spans(tokenizer, messages)
+            scorer = _routed_expert(client, messages) if model == "auto" else model
             body = {
-                "model": model,
+                "model": scorer,
                 "prompt": text,
                 "echo": True,
                 "logprobs": 0,
@@ -146,7 +148,7 @@ def gateway_answer_nll(
                 raise InferenceError(f"cannot reach the gateway at {base_url}: {exc}") from exc
             if response.status_code != 200:
                 raise InferenceError(f"the gateway answered {response.status_code}: {response.text[:300]}")
-            served[response.headers.get("x-forge-expert", model)] += 1
+            served[response.headers.get("x-forge-expert", scorer)] += 1
             nll, n = _answer_logprobs(response.json(), spans, len(text))
             total += nll
             count += n
@@ -154,6 +156,23 @@ def gateway_answer_nll(
     if count == 0:
         raise DataError(f"{data_path}: no answer tokens scored")
     return EvalResult(nll=total / count, answer_tokens=count, conversations=convs, served_by=dict(served))
+
+
+def _routed_expert(client: Any, messages: Sequence[dict[str, str]]) -> str:
+    """The expert ``model="auto"`` picks for this conversation's question.
+
+    Scoring the whole rendered conversation with ``model="auto"`` would let the router read the
+    answer too; a user's chat request holds only the question. So the question (the messages
+    before the first assistant turn) goes through ``/v1/chat/completions`` with ``model="auto"``
+    (one token) and the expert named in ``x-forge-expert`` scores the conversation.
+    """
+    first = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), len(messages))
+    body = {"model": "auto", "messages": list(messages[:first]), "max_tokens": 1, "temperature": 0}
+    response = client.post("/v1/chat/completions", json=body)
+    expert = response.headers.get("x-forge-expert")
+    if response.status_code != 200 or not expert:
+        raise InferenceError(f"model=auto did not route ({response.status_code}): {response.text[:300]}")
+    return str(expert)
 
 
 def _answer_logprobs(body: Any, spans: Sequence[tuple[int, int]], prompt_chars: int) -> tuple[float, int]:
