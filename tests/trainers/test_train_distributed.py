@@ -56,7 +56,7 @@ def test_data_parallel_two_processes(tiny_model_dir: Path, sft_file: Path, tmp_p
         "--batch-size",
         str(per_rank_batch),
         "--max-length",
-        "64",
+        "128",
         "--logging-steps",
         "1",
         "--register",

@@ -35,7 +35,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, sft_file,
         max_steps=10,
         save_steps=5,
         batch_size=2,
-        max_seq_length=64,
+        max_seq_length=128,
         lora={"lora_dropout": 0.1},
         lr_scheduler_type="linear",
     )
