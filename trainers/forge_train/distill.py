@@ -110,17 +110,8 @@ def _record_messages(record: Any, index: int) -> list[dict[str, str]] | None:
 
 
 def _record_text(record: dict[str, Any], tokenizer: Any, index: int) -> str:
-    if not isinstance(record, dict):
-        raise DataError(f"record {index}: expected an object, got {type(record).__name__}")
-    messages = record.get("messages")
-    if messages is None and isinstance(record.get("prompt"), str):
-        answer = record.get("response", record.get("completion"))
-        if isinstance(answer, str):
-            messages = [
-                {"role": "user", "content": record["prompt"]},
-                {"role": "assistant", "content": answer},
-            ]
-    if isinstance(messages, list) and messages:
+    messages = _record_messages(record, index)
+    if messages:
         if getattr(tokenizer, "chat_template", None):
             return tokenizer.apply_chat_template(messages, tokenize=False)
         return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
