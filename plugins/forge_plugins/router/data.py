@@ -14,6 +14,7 @@ from forge_sdk.errors import DataError
 
 __all__ = [
     "LabelledQuery",
+    "read_json_lines",
     "read_lines",
     "load_chat_prompts",
     "load_code_chat",
@@ -42,6 +43,23 @@ def read_lines(path: Path) -> Iterable[tuple[int, str]]:
         raise DataError(f"{path}: cannot read: {exc.strerror}") from exc
 
 
+def read_json_lines(path: Path) -> Iterable[tuple[str, object]]:
+    """``("file:line", parsed value)`` of each non-blank line of a JSON-lines file.
+
+    Raises:
+        DataError: the file cannot be read (see ``read_lines``) or a line is not valid JSON; the
+            message names the file and line.
+    """
+    for lineno, line in read_lines(path):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: invalid JSON ({exc.msg})") from exc
+
+
 def load_labelled(path: str | Path) -> list[LabelledQuery]:
     """Read ``{"query", "label"}`` JSON lines (other keys are ignored).
 
@@ -51,14 +69,7 @@ def load_labelled(path: str | Path) -> list[LabelledQuery]:
     """
     source = Path(path)
     out: list[LabelledQuery] = []
-    for lineno, line in read_lines(source):
-        if not line.strip():
-            continue
-        where = f"{source}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg})") from exc
+    for where, record in read_json_lines(source):
         if not isinstance(record, dict):
             raise DataError(f"{where}: expected a JSON object with 'query' and 'label'")
         query, label = record.get("query"), record.get("label")
@@ -96,14 +107,7 @@ def load_code_chat(path: str | Path, *, source_contains: str = "") -> list[tuple
     """
     source = Path(path)
     pairs: list[tuple[str, str]] = []
-    for lineno, line in read_lines(source):
-        if not line.strip():
-            continue
-        where = f"{source}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg})") from exc
+    for where, record in read_json_lines(source):
         messages = record.get("messages") if isinstance(record, dict) else None
         if (
             not isinstance(messages, list)
@@ -127,14 +131,7 @@ def load_chat_prompts(path: str | Path, n: int, *, seed: int = 20240917) -> list
     """
     source = Path(path)
     turns: set[str] = set()
-    for lineno, line in read_lines(source):
-        if not line.strip():
-            continue
-        where = f"{source}:{lineno}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{where}: invalid JSON ({exc.msg})") from exc
+    for where, record in read_json_lines(source):
         messages = None
         if isinstance(record, dict):
             messages = record.get("prompt_messages") or record.get("messages")
