@@ -6,14 +6,17 @@ user (Debian's package creates it) in a temporary folder that user owns.
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from tests.support import free_port
 
@@ -96,6 +99,51 @@ class PostgresServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.1)
+
+    def create_key(self, url: str, name: str, **limits: Any) -> str:
+        """A new API key in the key store at ``url`` (a database on this server), as the CLI does."""
+        from forge_gateway.security.keys import new_key
+        from forge_gateway.security.keys_pg import PostgresKeyStore
+
+        full, record = new_key(name, **limits)
+
+        async def create() -> str:
+            store = PostgresKeyStore(url)
+            await store.open()
+            try:
+                await store.add_key(record)
+                return full
+            finally:
+                await store.close()
+
+        return asyncio.run(create())
+
+    def _processes(self) -> list[int]:
+        """The postmaster and every process it forked (backends, background workers)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children: dict[int, list[int]] = {}
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            children.setdefault(int(fields[1]), []).append(int(stat.split("/")[2]))
+        found, todo = [], [postmaster]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo.extend(children.get(pid, []))
+        return found
+
+    def pause(self) -> None:
+        """Freeze the whole server (SIGSTOP): connections stay open and nothing answers, as in
+        a network partition or a hung host."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():

@@ -157,8 +157,10 @@ class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     database_pool_size: Positive = 4
     """Most PostgreSQL connections one process holds (key refresh, usage flushes, admin calls)."""
     database_timeout: Annotated[float, Meta(gt=0)] = 5.0
-    """Seconds to wait for a PostgreSQL connection or query before the store counts as down
-    (keyed requests then get 503 ``key_store_unavailable`` until it answers again)."""
+    """Seconds one PostgreSQL call may take, waiting for a pooled connection included, before the
+    store counts as down (keyed requests then get 503 ``key_store_unavailable`` until it answers
+    again). Enforced by the gateway itself, so it holds even when the server stops answering
+    without closing the connection; also the connect and server-side statement timeouts."""
     allow_open: bool = False
     """Serve without keys even on a non-loopback address (admin routes stay closed there)."""
     public_metrics: bool = False

@@ -14,7 +14,14 @@ from forge_gateway.config import load_config
 from forge_gateway.security import KeyStore, check_open_listen
 from forge_gateway.security.auth import Authenticator, is_loopback
 from forge_gateway.security.keys import UsageRow, hash_secret, parse_key
-from forge_sdk.errors import AuthenticationError, ConfigurationError, InvalidRequestError, NotFoundError
+from forge_gateway.security.store import SQLiteBackend
+from forge_sdk.errors import (
+    AuthenticationError,
+    ConfigurationError,
+    InvalidRequestError,
+    NotFoundError,
+    OverloadedError,
+)
 
 
 @pytest.fixture
@@ -82,9 +89,15 @@ def test_gateway_store_does_not_create_file(tmp_path: Path) -> None:
     assert [k.name for k in lazy.keys()] == ["later"]  # the file appeared: picked up
 
 
-def test_authenticator_verifies_and_caches(store: KeyStore) -> None:
+async def test_authenticator_verifies_and_caches(store: KeyStore) -> None:
     full, record = store.create("alice")
-    auth = Authenticator(store, open_allowed=True)
+    backend = SQLiteBackend(store.path, create=False)
+    await backend.open()
+    auth = Authenticator(backend, open_allowed=True)
+    with pytest.raises(OverloadedError):  # nothing loaded yet: closed, never open
+        auth.authenticate(full)
+    assert not auth.open
+    await auth.reload()
     assert not auth.open
     assert auth.authenticate(full).id == record.id
     key_id, secret = parse_key(full)  # type: ignore[misc]
@@ -94,13 +107,16 @@ def test_authenticator_verifies_and_caches(store: KeyStore) -> None:
     auth.forget(record.id)
     with pytest.raises(AuthenticationError):
         auth.authenticate(full)
+    await backend.close()
 
 
 async def test_revocation_from_another_process_applies_within_refresh(tmp_path: Path) -> None:
     path = tmp_path / "k.db"
     cli_store = KeyStore(path)
     full, record = cli_store.create("alice")
-    auth = Authenticator(KeyStore(path, create=False), open_allowed=False, refresh_interval=0.1)
+    backend = SQLiteBackend(path, create=False)
+    await backend.open()
+    auth = Authenticator(backend, open_allowed=False, refresh_interval=0.1)
     await auth.start()
     try:
         assert auth.authenticate(full).id == record.id
@@ -114,7 +130,7 @@ async def test_revocation_from_another_process_applies_within_refresh(tmp_path: 
         assert not auth.open  # not loopback/allow_open: revoking the last key never opens it
     finally:
         await auth.stop()
-        auth.store.close()
+        await backend.close()
         cli_store.close()
 
 
@@ -123,19 +139,22 @@ def test_is_loopback() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("10.1.2.3") and not is_loopback("example.com")
 
 
-def test_open_listen_rule(tmp_path: Path) -> None:
+async def test_open_listen_rule(tmp_path: Path) -> None:
     db = tmp_path / "k.db"
     base = {"model": "m", "auth": {"db_path": str(db)}}
     public = load_config(overrides={**base, "host": "0.0.0.0"}, environ={})
+    store = SQLiteBackend(db, create=False)
+    await store.open()
     with pytest.raises(ConfigurationError, match="--allow-open"):
-        check_open_listen(public, KeyStore(db, create=False))
-    check_open_listen(load_config(overrides=base, environ={}), KeyStore(db, create=False))
+        await check_open_listen(public, store)
+    await check_open_listen(load_config(overrides=base, environ={}), store)
     allow = load_config(
         overrides={**base, "host": "0.0.0.0", "auth": {"db_path": str(db), "allow_open": True}}, environ={}
     )
-    check_open_listen(allow, KeyStore(db, create=False))
+    await check_open_listen(allow, store)
     KeyStore(db).create("k")
-    check_open_listen(public, KeyStore(db, create=False))
+    await check_open_listen(public, store)  # the file appeared: picked up
+    await store.close()
 
 
 def test_cli_keys_lifecycle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

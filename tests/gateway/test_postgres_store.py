@@ -7,10 +7,10 @@ and a database outage fails closed (503 ``key_store_unavailable``) and recovers 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from forge_gateway.security.keys import UsageRow
+from forge_gateway.security.keys import UsageRow, new_key
 from forge_gateway.security.keys_pg import SCHEMA_VERSION, PostgresKeyStore
-from forge_sdk.errors import ConfigurationError, InvalidRequestError, NotFoundError
+from forge_sdk.errors import ConfigurationError, InvalidRequestError, NotFoundError, OverloadedError
 from tests.services import PostgresServer, postgres_bin
 from tests.support import GatewayProcess
 
@@ -46,16 +46,18 @@ def _database(pg: PostgresServer, name: str) -> str:
     return pg.url.rsplit("/", 1)[0] + "/" + name
 
 
-def test_migrations_run_once_under_concurrency_and_refuse_a_newer_schema(pg: PostgresServer) -> None:
+async def _opened(url: str, *, timeout: float = 5.0) -> PostgresKeyStore:
+    store = PostgresKeyStore(url, timeout=timeout)
+    await store.open()
+    return store
+
+
+async def test_migrations_run_once_under_concurrency_and_refuse_a_newer_schema(pg: PostgresServer) -> None:
     url = _database(pg, "forge_migrations")
-    stores = [PostgresKeyStore(url, timeout=5) for _ in range(4)]
+    stores = [await _opened(url, timeout=5) for _ in range(4)]  # four pools: four replicas starting
     try:
-        threads = [threading.Thread(target=store.version) for store in stores]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert all(store.schema_version() == SCHEMA_VERSION for store in stores)
+        await asyncio.gather(*(store.version() for store in stores))
+        assert [await store.schema_version() for store in stores] == [SCHEMA_VERSION] * 4
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:
@@ -64,45 +66,42 @@ def test_migrations_run_once_under_concurrency_and_refuse_a_newer_schema(pg: Pos
             conn.execute("INSERT INTO forge_schema_migrations (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     finally:
         for store in stores:
-            store.close()
-    newer = PostgresKeyStore(url, timeout=5)
+            await store.close()
+    newer = await _opened(url, timeout=5)
     try:
         with pytest.raises(ConfigurationError, match="newer than this gateway"):
-            newer.keys()
+            await newer.keys()
     finally:
-        newer.close()
+        await newer.close()
 
 
-def test_store_behaviour_and_hostile_values(pg: PostgresServer) -> None:
+async def test_store_behaviour_and_hostile_values(pg: PostgresServer) -> None:
     url = _database(pg, "forge_store")
-    a, b = PostgresKeyStore(url), PostgresKeyStore(url)
+    a, b = await _opened(url), await _opened(url)
     try:
-        v0 = b.version()
-        full, record = a.create("alice", rpm=10, models=["math", "general"])
-        assert b.version() == v0 + 1  # replicas notice through the counter
-        (seen,) = b.keys()
+        v0 = await b.version()
+        full, record = new_key("alice", rpm=10, models=["math", "general"])
+        await a.add_key(record)
+        assert await b.version() == v0 + 1  # replicas notice through the counter
+        (seen,) = await b.keys()
         assert seen == record and seen.secret_sha256 != full  # only the hash is stored
-        assert b.revoke(record.id).revoked_at is not None
-        assert a.keys(include_revoked=False) == []
+        assert (await b.revoke(record.id)).revoked_at is not None
+        assert await a.keys(include_revoked=False) == []
         for bad_id in ("no-such-key", "nul\x00id"):
             with pytest.raises(NotFoundError):
-                a.revoke(bad_id)
+                await a.revoke(bad_id)
         with pytest.raises(InvalidRequestError):
-            a.create("nul\x00name")
-        assert a.usage(key_id="x\x00'; DROP TABLE forge_usage; --") == []
+            await a.add_key(new_key("nul\x00name")[1])
+        assert await a.usage(key_id="x\x00'; DROP TABLE forge_usage; --") == []
 
-        def flush(store: PostgresKeyStore) -> None:
+        async def flush(store: PostgresKeyStore) -> None:
             for _ in range(25):
-                store.add_usage(
+                await store.add_usage(
                     [UsageRow("k1", "2026-12-01", 1, 10, 5), UsageRow("k2", "2026-12-01", 2, 1, 1)]
                 )
 
-        threads = [threading.Thread(target=flush, args=(s,)) for s in (a, b, a, b)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        rows = {r.key_id: r for r in a.usage(since="2026-12-01", until="2026-12-01")}
+        await asyncio.gather(*(flush(s) for s in (a, b, a, b)))  # concurrent upserts, two pools
+        rows = {r.key_id: r for r in await a.usage(since="2026-12-01", until="2026-12-01")}
         assert (rows["k1"].requests, rows["k1"].prompt_tokens, rows["k1"].completion_tokens) == (
             100,
             1000,
@@ -110,8 +109,48 @@ def test_store_behaviour_and_hostile_values(pg: PostgresServer) -> None:
         )
         assert (rows["k2"].requests, rows["k2"].prompt_tokens) == (200, 100)
     finally:
-        a.close()
-        b.close()
+        await a.close()
+        await b.close()
+
+
+async def test_a_frozen_server_fails_calls_in_time_without_blocking_the_loop(pg: PostgresServer) -> None:
+    url = _database(pg, "forge_frozen")
+    store = await _opened(url, timeout=1)
+    await store.version()  # a pooled connection; then the server freezes under it
+    gaps: list[float] = []
+
+    async def ticker() -> None:  # what every request handler needs: a loop that keeps turning
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.02)
+            gaps.append(time.monotonic() - last)
+            last = time.monotonic()
+
+    tick = asyncio.create_task(ticker())
+    pg.pause()
+    try:
+        started = time.monotonic()
+        with pytest.raises(OverloadedError, match="no answer within 1 s") as err:
+            await store.version()
+        elapsed = time.monotonic() - started
+        with pytest.raises(OverloadedError):  # later calls too: the pool cannot reconnect either
+            await store.keys()
+        closing = time.monotonic()
+        await store.close()
+        closed_in = time.monotonic() - closing
+    finally:
+        pg.resume()
+        tick.cancel()
+    # Hang detectors, not benchmarks: a blocking driver stalls the loop for the whole wait, and
+    # psycopg's own query cancellation waits up to 10 s for a server that never answers.
+    assert elapsed < 3 and closed_in < 3, (elapsed, closed_in)
+    assert max(gaps) < 0.5, max(gaps)
+    assert err.value.code == "key_store_unavailable" and pg.password not in str(err.value)
+    store = await _opened(url, timeout=5)
+    try:
+        assert await store.version() == 0  # the server answers again: so does a store
+    finally:
+        await store.close()
 
 
 def _keys_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -159,9 +198,7 @@ def replicas(
     pg: PostgresServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess, str]]:
     url = _database(pg, "forge_replicas")
-    store = PostgresKeyStore(url)
-    admin = store.create("ops", admin=True)[0]
-    store.close()
+    admin = pg.create_key(url, "ops", admin=True)
     tmp = tmp_path_factory.mktemp("pg-replicas")
     env = {
         "FORGE_AUTH_DATABASE_URL": url,
@@ -250,3 +287,58 @@ def test_database_outage_fails_closed_and_recovers(
         pg.start()
     for gw in (gw_a, gw_b):
         _eventually(lambda gw=gw: _chat(gw, admin).status_code == 200, timeout=30)
+
+
+def test_frozen_database_never_stalls_a_gateway(
+    pg: PostgresServer, replicas: tuple[GatewayProcess, GatewayProcess, str]
+) -> None:
+    """A frozen server (SIGSTOP: connections stay open, nothing answers) while both replicas
+    refresh keys every 0.2 s and flush usage: they keep answering, fail closed once a refresh
+    overruns ``auth.database_timeout`` (1 s here), and recover when it answers again."""
+    gw_a, gw_b, admin = replicas
+    for gw in (gw_a, gw_b):
+        _eventually(lambda gw=gw: _chat(gw, admin).status_code == 200, timeout=30)
+    pg.pause()
+    try:
+        started, refused = time.monotonic(), None
+        while time.monotonic() - started < 4:
+            # timeout=2: a gateway whose event loop waited on the database would fail here
+            assert httpx.get(gw_a.base_url + "/health", timeout=2).status_code == 200
+            resp = httpx.post(
+                gw_b.base_url + "/v1/chat/completions",
+                json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1},
+                headers={"Authorization": f"Bearer {admin}"},
+                timeout=2,
+            )
+            assert resp.status_code in (200, 503)  # served from memory until a refresh overruns
+            if resp.status_code == 503 and refused is None:
+                refused = resp
+    finally:
+        pg.resume()
+    assert refused is not None, "a frozen key store never failed the gateway closed"
+    error = refused.json()["error"]
+    assert error["code"] == "key_store_unavailable" and "no answer within 1 s" in error["message"]
+    assert refused.headers["retry-after"] == "1" and pg.password not in refused.text
+    for gw in (gw_a, gw_b):
+        _eventually(lambda gw=gw: _chat(gw, admin).status_code == 200, timeout=30)
+
+
+def test_replicas_stop_cleanly_and_release_their_connections(
+    pg: PostgresServer, replicas: tuple[GatewayProcess, GatewayProcess, str]
+) -> None:
+    import psycopg
+
+    def connections() -> int:
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'forge-gateway'"
+            ).fetchone()
+            return int(row[0]) if row else 0
+
+    assert 0 < connections() <= 8  # two pools of at most auth.database_pool_size (4)
+    for gw in replicas[:2]:
+        assert gw.stop() == 0  # type: ignore[union-attr]
+        log = gw.log_text()  # type: ignore[union-attr]
+        for bad in ("Traceback", "Task was destroyed", "Event loop is closed", "never awaited"):
+            assert bad not in log, log[-3000:]
+    _eventually(lambda: connections() == 0, timeout=10)

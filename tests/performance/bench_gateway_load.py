@@ -180,7 +180,9 @@ async def middleware_overhead(n: int) -> list[tuple[str, float]]:
                 headers.append((b"authorization", f"Bearer {key}".encode()))
             config = load_config(overrides={"model": "x", "auth": {"db_path": str(db)}}, environ={})
             layer = SecurityLayer(config, _Gateway(config))  # type: ignore[arg-type]
+            await layer.store.open()
             layer.authenticator = Authenticator(layer.store, open_allowed=True)
+            await layer.authenticator.reload()
             mw = SecurityMiddleware(app, layer)
             scope = {"type": "http", "method": "GET", "path": "/v1/models", "headers": headers}
             for _ in range(500):
@@ -194,6 +196,7 @@ async def middleware_overhead(n: int) -> list[tuple[str, float]]:
                 await app(dict(scope), receive, send)
             bare = (time.perf_counter() - started) / n * 1e6
             results.append((label, per_request - bare))
+            await layer.store.close()
     return results
 
 

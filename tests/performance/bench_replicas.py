@@ -117,7 +117,6 @@ def main() -> None:
     for tool in ("wrk", "redis-server"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} not found (apt-get install -y {tool})")
-    from forge_gateway.security.keys_pg import PostgresKeyStore
     from forge_gateway.tiny_model import build_tiny_model
     from forge_sdk.experts import ExpertModel, ExpertRegistry
     from tests.gateway.test_ratelimit import start_redis
@@ -152,9 +151,7 @@ def main() -> None:
                     name="remote", endpoint=f"http://127.0.0.1:{up_port}/v1", timeout=30, max_retries=0
                 )
             )
-            store = PostgresKeyStore(pg.url)
-            fast_key = store.create("bench")[0]
-            store.close()
+            fast_key = pg.create_key(pg.url, "bench")
             gw_env = {
                 **env,
                 "FORGE_AUTH_DATABASE_URL": pg.url,
@@ -193,9 +190,7 @@ def main() -> None:
                     if name not in best or result["ok_rps"] > best[name]["ok_rps"]:
                         best[name] = result
             # Shared limit: a fresh key with --rpm, hammered through both replicas at once.
-            store = PostgresKeyStore(pg.url)
-            limited = store.create("limited", rpm=args.rpm)[0]
-            store.close()
+            limited = pg.create_key(pg.url, "limited", rpm=args.rpm)
             time.sleep(1.5)  # both replicas' refresh loops pick the new key up
             limit_run = _run_load(urls, limited, args.conns, args.duration, workdir)
     finally:

@@ -1,8 +1,10 @@
 """Who is calling: API key verification against an in-memory copy of the key store.
 
-Requests never touch SQLite: the active keys live in a dict keyed by key id. The copy reloads
-when ``meta.keys_version`` changes (polled off the event loop every ``auth.refresh_interval``
-seconds), and revocations made through this process's admin API apply at once.
+Requests never touch the store: the active keys live in a dict keyed by key id. The copy loads
+at start and reloads when the store's ``keys_version`` changes (polled every
+``auth.refresh_interval`` seconds by a background task; the store calls are async, so a slow
+database never stalls the event loop), and revocations made through this process's admin API
+apply at once.
 
 When a refresh cannot reach the store (a PostgreSQL outage), the gateway fails closed: keyed
 requests get 503 ``key_store_unavailable`` (a revocation could be going unseen) until a refresh
@@ -19,7 +21,6 @@ import asyncio
 import contextlib
 import ipaddress
 
-import anyio
 import structlog
 
 from forge_gateway.security.keys import ApiKey, parse_key, verify_secret
@@ -29,6 +30,8 @@ from forge_sdk.errors import AuthenticationError, OverloadedError
 __all__ = ["Authenticator", "is_loopback"]
 
 log = structlog.get_logger("forge_gateway.auth")
+
+_NOT_LOADED = "keys not loaded yet"
 
 
 def is_loopback(host: str) -> bool:
@@ -57,16 +60,12 @@ class Authenticator:
         self._keys: dict[str, ApiKey] = {}
         self._version = -1
         self._task: asyncio.Task[None] | None = None
-        self._store_error: str | None = None
-        """Why the last refresh failed; while set, keyed requests fail closed with 503."""
-        try:
-            self.reload()
-        except Exception as exc:  # the refresh loop keeps trying; until then, fail closed
-            self._fail(exc)
+        self._store_error: str | None = _NOT_LOADED
+        """Why the last refresh failed (or none ran yet); while set, keyed requests get 503."""
 
     def _fail(self, exc: BaseException) -> None:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-        if self._store_error is None:
+        if self._store_error in (None, _NOT_LOADED):
             log.error("key_store_unavailable", store=self.store.location, error=message)
         self._store_error = message
 
@@ -84,14 +83,14 @@ class Authenticator:
     def active_keys(self) -> int:
         return len(self._keys)
 
-    def reload(self) -> None:
-        """Re-read the active keys (blocking; called at start and from a worker thread)."""
-        version = self.store.version()
-        keys = {k.id: k for k in self.store.keys(include_revoked=False)}
+    async def reload(self) -> None:
+        """Re-read the active keys (at start, on a version change, after a create here)."""
+        version = await self.store.version()
+        keys = {k.id: k for k in await self.store.keys(include_revoked=False)}
         # One assignment: request handlers see either the old or the new dict, never a mix.
         self._keys = keys
         self._version = version
-        if self._store_error is not None:
+        if self._store_error not in (None, _NOT_LOADED):
             log.info("key_store_available", store=self.store.location, active_keys=len(keys))
         self._store_error = None
 
@@ -124,6 +123,11 @@ class Authenticator:
         return key
 
     async def start(self) -> None:
+        """Load the keys (a store that cannot be reached fails closed until it can) and poll."""
+        try:
+            await self.reload()
+        except Exception as exc:  # the refresh loop keeps trying; until then, fail closed
+            self._fail(exc)
         if self._task is None:
             self._task = asyncio.create_task(self._refresh_loop(), name="forge-auth-refresh")
 
@@ -139,9 +143,9 @@ class Authenticator:
         while True:
             await asyncio.sleep(self.refresh_interval)
             try:
-                version = await anyio.to_thread.run_sync(self.store.version)
+                version = await self.store.version()
                 if version != self._version or self._store_error is not None:
-                    await anyio.to_thread.run_sync(self.reload)
+                    await self.reload()
                     log.info("api_keys_reloaded", active_keys=len(self._keys), version=version)
             except Exception as exc:  # fail closed until the store answers again; never kill the loop
                 self._fail(exc)

@@ -7,9 +7,14 @@ needed); running gateways pick changes up within ``auth.refresh_interval`` secon
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from forge_gateway.security.store import KeyBackend
 
 __all__ = ["add_keys_parser", "run_keys"]
 
@@ -81,15 +86,23 @@ def run_keys(args: argparse.Namespace) -> int:
     from forge_gateway.security.store import open_store
 
     store = open_store(load_auth_config(), create=args.keys_command == "create", db=args.db)
+    return asyncio.run(_run(store, args))
+
+
+async def _run(store: KeyBackend, args: argparse.Namespace) -> int:
     try:
-        return _ACTIONS[args.keys_command](store, args)
+        await store.open()
+        return await _ACTIONS[args.keys_command](store, args)
     finally:
-        store.close()
+        await store.close()
 
 
-def _create(store: Any, args: argparse.Namespace) -> int:
+async def _create(store: KeyBackend, args: argparse.Namespace) -> int:
+    from forge_gateway.security.keys import new_key
+
     models = [m for m in args.models.split(",")] if args.models is not None else None
-    full, record = store.create(args.name, rpm=args.rpm, tpm=args.tpm, models=models, admin=args.admin)
+    full, record = new_key(args.name, rpm=args.rpm, tpm=args.tpm, models=models, admin=args.admin)
+    await store.add_key(record)
     if args.json:
         print(json.dumps({"key": full, **record.public_dict()}))
     else:
@@ -102,8 +115,8 @@ def _create(store: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _list(store: Any, args: argparse.Namespace) -> int:
-    keys = store.keys(include_revoked=args.all)
+async def _list(store: KeyBackend, args: argparse.Namespace) -> int:
+    keys = await store.keys(include_revoked=args.all)
     if args.json:
         print(json.dumps([k.public_dict() for k in keys]))
         return 0
@@ -123,18 +136,18 @@ def _list(store: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-def _revoke(store: Any, args: argparse.Namespace) -> int:
-    record = store.revoke(args.key_id)
+async def _revoke(store: KeyBackend, args: argparse.Namespace) -> int:
+    record = await store.revoke(args.key_id)
     print(f"revoked key {record.id} ({record.name})")
     return 0
 
 
-def _usage(store: Any, args: argparse.Namespace) -> int:
-    rows = store.usage(key_id=args.key_id, since=args.since, until=args.until)
+async def _usage(store: KeyBackend, args: argparse.Namespace) -> int:
+    rows = await store.usage(key_id=args.key_id, since=args.since, until=args.until)
     if args.json:
         print(json.dumps([r.as_dict() for r in rows]))
         return 0
-    names = {k.id: k.name for k in store.keys()}
+    names = {k.id: k.name for k in await store.keys()}
     table = [
         [
             r.day,
@@ -151,4 +164,9 @@ def _usage(store: Any, args: argparse.Namespace) -> int:
     return 0
 
 
-_ACTIONS = {"create": _create, "list": _list, "revoke": _revoke, "usage": _usage}
+_ACTIONS: dict[str, Callable[[KeyBackend, argparse.Namespace], Awaitable[int]]] = {
+    "create": _create,
+    "list": _list,
+    "revoke": _revoke,
+    "usage": _usage,
+}

@@ -303,6 +303,11 @@ class KeyStore:
             InvalidRequestError: see :func:`new_key`.
         """
         full, record = new_key(name, rpm=rpm, tpm=tpm, models=models, admin=admin)
+        self.add_key(record)
+        return full, record
+
+    def add_key(self, record: ApiKey) -> None:
+        """Store a key made by :func:`new_key` (creates the file if missing)."""
         db = self._conn() or self._open()
         with self._lock, db:
             db.execute("BEGIN IMMEDIATE")
@@ -311,7 +316,6 @@ class KeyStore:
                 key_row(record),
             )
             self._bump_version(db)
-        return full, record
 
     def revoke(self, key_id: str) -> ApiKey:
         """Revoke a key (idempotent); returns its record.

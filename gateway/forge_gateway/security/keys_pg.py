@@ -5,9 +5,12 @@ The same rows as the SQLite store (:mod:`forge_gateway.security.keys`): hashed s
 per-key per-day usage added with ``INSERT ... ON CONFLICT DO UPDATE`` so concurrent flushes from
 many replicas sum instead of overwriting each other.
 
-Driver: psycopg 3 with psycopg-pool. Its blocking API fits the store interface shared with SQLite
-(every call already runs in a worker thread, and no request waits on the store); the pool checks
-a connection before lending it, so a restarted server is picked up without restarting the gateway.
+Driver: psycopg 3's async API with ``psycopg_pool.AsyncConnectionPool``, on the gateway's event
+loop (no worker threads). The pool checks a connection before lending it, so a restarted server
+is picked up without restarting the gateway.
+
+Every call is bounded on the client by ``timeout``, even against a server that stops answering
+without closing its connections (:mod:`~forge_gateway.security.pg_pool`).
 
 Schema changes are numbered migrations in ``_MIGRATIONS``, applied once, in order, under an
 advisory lock (replicas starting together do not race) and recorded in ``forge_schema_migrations``.
@@ -16,10 +19,10 @@ Append new ones; never edit an applied one.
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterable, Iterator
-from typing import Any
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from forge_gateway.security.keys import (
@@ -27,11 +30,14 @@ from forge_gateway.security.keys import (
     ApiKey,
     UsageRow,
     key_row,
-    new_key,
     row_to_key,
     usage_filter,
 )
-from forge_sdk.errors import ConfigurationError, InvalidRequestError, NotFoundError, OverloadedError
+from forge_gateway.security.pg_pool import BoundedPool, first_line
+from forge_sdk.errors import ConfigurationError, NotFoundError
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 __all__ = ["SCHEMA_VERSION", "PostgresKeyStore"]
 
@@ -79,19 +85,17 @@ def _redact(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().strip('"').splitlines()
-    return text[0] if text else type(exc).__name__
-
-
 class PostgresKeyStore:
-    """Keys and usage in PostgreSQL; every method blocks (call it off the event loop).
+    """Keys and usage in PostgreSQL, async on the event loop (see the module docstring).
+
+    Built without I/O; :meth:`open` starts the pool inside the loop that will use it and
+    :meth:`close` releases every connection on that loop.
 
     Args:
         url: ``postgresql://user:password@host:port/db``.
         pool_size: most connections held by this process.
-        timeout: seconds to wait for a connection (and per statement) before the store counts
-            as unavailable.
+        timeout: seconds any one call may take (waiting for a connection included) before the
+            store counts as unavailable; also the connect and server-side statement timeouts.
 
     Raises:
         ConfigurationError: psycopg / psycopg-pool not installed, or a malformed URL.
@@ -99,86 +103,50 @@ class PostgresKeyStore:
 
     def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 5.0) -> None:
         try:
-            from psycopg_pool import ConnectionPool
+            self._location = _redact(url)
+        except ValueError as exc:
+            raise ConfigurationError(f"auth.database_url is not a valid URL: {exc}") from exc
+        self._migrated = False
+        self._migrate_lock = asyncio.Lock()
+        try:
+            self._pool = BoundedPool(
+                url, location=self._location, size=pool_size, timeout=timeout, prepare=self._migrate
+            )
         except ImportError as exc:
             raise ConfigurationError(
                 "auth.database_url is PostgreSQL but psycopg is missing: pip install 'forge-gateway[postgres]'"
             ) from exc
-        try:
-            self._location = _redact(url)
-        except ValueError as exc:
-            raise ConfigurationError(f"auth.database_url is not a valid URL: {exc}") from exc
-        self._timeout = timeout
-        self._migrated = False
-        self._migrate_lock = threading.Lock()
-        self._pool = ConnectionPool(
-            url,
-            min_size=1,
-            max_size=max(1, pool_size),
-            timeout=timeout,
-            open=False,
-            check=ConnectionPool.check_connection,
-            # psycopg-pool backs off exponentially while a server is down and gives up after this;
-            # the next request then starts a fresh attempt, so recovery never waits on a long backoff.
-            reconnect_timeout=max(3 * timeout, 3.0),
-            kwargs={
-                "connect_timeout": max(1, round(timeout)),
-                "options": f"-c statement_timeout={int(timeout * 1000)}",
-                "application_name": "forge-gateway",
-            },
-            name="forge-keys",
-        )
-        try:
-            self._pool.open(wait=False)
-        except Exception as exc:  # a conninfo psycopg cannot parse
-            raise ConfigurationError(f"auth.database_url is not usable: {exc}") from exc
 
     @property
     def location(self) -> str:
         return self._location
 
-    @property
-    def exists(self) -> bool:
-        return True  # tables are created on first use
-
-    def close(self) -> None:
-        self._pool.close()
-
-    # --- plumbing -------------------------------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[Any]:
-        """A pooled connection inside one transaction; an unreachable server becomes a 503 error."""
-        import psycopg
-        from psycopg_pool import PoolTimeout
-
+    async def open(self) -> None:
+        """Start the pool in the running loop (connections are made in the background)."""
         try:
-            with self._pool.connection() as conn:
-                if not self._migrated:
-                    self._migrate(conn)
-                with conn.transaction():
-                    yield conn
-        except psycopg.DataError as exc:  # e.g. a NUL byte in a name or id: text PostgreSQL refuses
-            raise InvalidRequestError(f"value refused by the key store: {exc}") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            raise OverloadedError(
-                f"key store {self._location} is unavailable: {_first_line(exc)}",
-                code="key_store_unavailable",
-                headers={"Retry-After": "1"},
-            ) from exc
+            await self._pool.open()
+        except Exception as exc:  # a conninfo psycopg cannot parse
+            raise ConfigurationError(f"auth.database_url is not usable: {first_line(exc)}") from exc
 
-    def _migrate(self, conn: Any) -> None:
-        with self._migrate_lock:
+    async def close(self) -> None:
+        """Close every pooled connection (calls still unwinding from a timeout first)."""
+        await self._pool.close()
+
+    async def _migrate(self, conn: AsyncConnection[Any]) -> None:
+        """Apply pending migrations once per process (the first call of each runs this)."""
+        if self._migrated:
+            return
+        async with self._migrate_lock:
             if self._migrated:
                 return
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-                conn.execute(
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+                await conn.execute(
                     "CREATE TABLE IF NOT EXISTS forge_schema_migrations "
                     "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
                 )
-                row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM forge_schema_migrations").fetchone()
-                current = int(row[0])
+                cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM forge_schema_migrations")
+                current = int((await _one(cur))[0])
                 if current > SCHEMA_VERSION:
                     raise ConfigurationError(
                         f"key store {self._location} has schema version {current}, newer than this "
@@ -186,90 +154,110 @@ class PostgresKeyStore:
                     )
                 for version, sql in _MIGRATIONS:
                     if version > current:
-                        conn.execute(sql)
-                        conn.execute("INSERT INTO forge_schema_migrations (version) VALUES (%s)", (version,))
+                        await conn.execute(sql)
+                        await conn.execute(
+                            "INSERT INTO forge_schema_migrations (version) VALUES (%s)", (version,)
+                        )
             self._migrated = True
 
-    def schema_version(self) -> int:
+    async def schema_version(self) -> int:
         """The highest migration applied to the database."""
-        with self._tx() as conn:
-            return int(conn.execute("SELECT MAX(version) FROM forge_schema_migrations").fetchone()[0])
+
+        async def work(conn: AsyncConnection[Any]) -> int:
+            cur = await conn.execute("SELECT MAX(version) FROM forge_schema_migrations")
+            return int((await _one(cur))[0])
+
+        return await self._pool.call(work)
 
     # --- keys -----------------------------------------------------------------------------------
 
-    def create(
-        self,
-        name: str,
-        *,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        models: Iterable[str] | None = None,
-        admin: bool = False,
-    ) -> tuple[str, ApiKey]:
-        full, record = new_key(name, rpm=rpm, tpm=tpm, models=models, admin=admin)
-        with self._tx() as conn:
-            conn.execute(
+    async def add_key(self, record: ApiKey) -> None:
+        async def work(conn: AsyncConnection[Any]) -> None:
+            await conn.execute(
                 f"INSERT INTO forge_api_keys ({KEY_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, NULL)",
                 key_row(record),
             )
-            conn.execute("UPDATE forge_meta SET value = value + 1 WHERE name = 'keys_version'")
-        return full, record
+            await conn.execute(_BUMP_VERSION)
 
-    def revoke(self, key_id: str) -> ApiKey:
-        import time
+        await self._pool.call(work)
 
+    async def revoke(self, key_id: str) -> ApiKey:
         if "\x00" in key_id:  # PostgreSQL text cannot hold NUL: no such key
             raise NotFoundError(f"no API key with id {key_id!r}", param="key_id")
-        with self._tx() as conn:
-            cur = conn.execute(
+
+        async def work(conn: AsyncConnection[Any]) -> Any:
+            cur = await conn.execute(
                 "UPDATE forge_api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
                 (time.time(), key_id),
             )
             if cur.rowcount:
-                conn.execute("UPDATE forge_meta SET value = value + 1 WHERE name = 'keys_version'")
-            row = conn.execute(
-                f"SELECT {KEY_COLUMNS} FROM forge_api_keys WHERE id = %s", (key_id,)
-            ).fetchone()
+                await conn.execute(_BUMP_VERSION)
+            cur = await conn.execute(f"SELECT {KEY_COLUMNS} FROM forge_api_keys WHERE id = %s", (key_id,))
+            return await cur.fetchone()
+
+        row = await self._pool.call(work)
         if row is None:
             raise NotFoundError(f"no API key with id {key_id!r}", param="key_id")
         return row_to_key(row)
 
-    def keys(self, *, include_revoked: bool = True) -> list[ApiKey]:
+    async def keys(self, *, include_revoked: bool = True) -> list[ApiKey]:
         query = f"SELECT {KEY_COLUMNS} FROM forge_api_keys"
         if not include_revoked:
             query += " WHERE revoked_at IS NULL"
-        with self._tx() as conn:
-            rows = conn.execute(query + " ORDER BY created_at").fetchall()
-        return [row_to_key(r) for r in rows]
 
-    def version(self) -> int:
-        with self._tx() as conn:
-            return int(conn.execute("SELECT value FROM forge_meta WHERE name = 'keys_version'").fetchone()[0])
+        async def work(conn: AsyncConnection[Any]) -> list[Any]:
+            return await (await conn.execute(query + " ORDER BY created_at")).fetchall()
+
+        return [row_to_key(r) for r in await self._pool.call(work)]
+
+    async def version(self) -> int:
+        async def work(conn: AsyncConnection[Any]) -> int:
+            cur = await conn.execute("SELECT value FROM forge_meta WHERE name = 'keys_version'")
+            return int((await _one(cur))[0])
+
+        return await self._pool.call(work)
 
     # --- usage ledger ---------------------------------------------------------------------------
 
-    def add_usage(self, rows: Iterable[UsageRow]) -> bool:
+    async def add_usage(self, rows: Iterable[UsageRow]) -> bool:
         data = [(r.key_id, r.day, r.requests, r.prompt_tokens, r.completion_tokens) for r in rows]
         if not data:
             return True
-        with self._tx() as conn, conn.cursor() as cur:
-            cur.executemany(
-                "INSERT INTO forge_usage (key_id, day, requests, prompt_tokens, completion_tokens) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key_id, day) DO UPDATE SET "
-                "requests = forge_usage.requests + EXCLUDED.requests, "
-                "prompt_tokens = forge_usage.prompt_tokens + EXCLUDED.prompt_tokens, "
-                "completion_tokens = forge_usage.completion_tokens + EXCLUDED.completion_tokens",
-                data,
-            )
+
+        async def work(conn: AsyncConnection[Any]) -> None:
+            async with conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO forge_usage (key_id, day, requests, prompt_tokens, completion_tokens) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (key_id, day) DO UPDATE SET "
+                    "requests = forge_usage.requests + EXCLUDED.requests, "
+                    "prompt_tokens = forge_usage.prompt_tokens + EXCLUDED.prompt_tokens, "
+                    "completion_tokens = forge_usage.completion_tokens + EXCLUDED.completion_tokens",
+                    data,
+                )
+
+        await self._pool.call(work)
         return True
 
-    def usage(
+    async def usage(
         self, *, key_id: str | None = None, since: str | None = None, until: str | None = None
     ) -> list[UsageRow]:
         if any(v is not None and "\x00" in v for v in (key_id, since, until)):
             return []  # PostgreSQL text cannot hold NUL, so no row matches (as in SQLite)
         where, args = usage_filter(key_id, since, until, "%s")
         query = "SELECT key_id, day, requests, prompt_tokens, completion_tokens FROM forge_usage" + where
-        with self._tx() as conn:
-            rows = conn.execute(query + " ORDER BY day, key_id", args).fetchall()
-        return [UsageRow(r[0], r[1], int(r[2]), int(r[3]), int(r[4])) for r in rows]
+
+        async def work(conn: AsyncConnection[Any]) -> list[Any]:
+            return await (await conn.execute(query + " ORDER BY day, key_id", args)).fetchall()
+
+        return [UsageRow(r[0], r[1], int(r[2]), int(r[3]), int(r[4])) for r in await self._pool.call(work)]
+
+
+_BUMP_VERSION = "UPDATE forge_meta SET value = value + 1 WHERE name = 'keys_version'"
+
+
+async def _one(cur: Any) -> Any:
+    """The single row a query returns (every caller's query always returns one)."""
+    row = await cur.fetchone()
+    if row is None:  # only a hand-edited database gets here
+        raise ConfigurationError("key store schema is damaged: an expected row is missing")
+    return row

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
@@ -52,7 +53,7 @@ __all__ = [
 log = structlog.get_logger("forge_gateway.security")
 
 
-def check_open_listen(config: GatewayConfig, store: KeyBackend) -> None:
+async def check_open_listen(config: GatewayConfig, store: KeyBackend) -> None:
     """Refuse to serve a non-loopback address without keys unless ``auth.allow_open``.
 
     Raises:
@@ -60,11 +61,25 @@ def check_open_listen(config: GatewayConfig, store: KeyBackend) -> None:
     """
     if config.auth.allow_open or is_loopback(config.host):
         return
-    if not store.keys(include_revoked=False):
+    if not await store.keys(include_revoked=False):
         raise ConfigurationError(
             f"no API keys in {store.location} and host {config.host} is not loopback: create one with "
             "`forge-gateway keys create --name NAME`, or pass --allow-open to serve without authentication"
         )
+
+
+async def _check_store(config: GatewayConfig) -> None:
+    store = open_store(config.auth, create=False)
+    try:
+        await store.open()
+        if config.auth.database_url:
+            try:  # like Redis below: an unreachable database at start is a one-line error
+                await store.version()  # also applies pending schema migrations
+            except LargeForgeAIError as exc:
+                raise ConfigurationError(exc.message) from exc
+        await check_open_listen(config, store)
+    finally:
+        await store.close()
 
 
 def preflight(config: GatewayConfig) -> None:
@@ -73,16 +88,7 @@ def preflight(config: GatewayConfig) -> None:
     Raises:
         ConfigurationError: open public listener without keys, or PostgreSQL / Redis unreachable.
     """
-    store = open_store(config.auth, create=False)
-    try:
-        if config.auth.database_url:
-            try:  # like Redis below: an unreachable database at start is a one-line error
-                store.version()  # also applies pending schema migrations
-            except LargeForgeAIError as exc:
-                raise ConfigurationError(exc.message) from exc
-        check_open_listen(config, store)
-    finally:
-        store.close()
+    asyncio.run(_check_store(config))  # its own short-lived loop: the server's starts later
     if config.rate_limit.backend == "redis":
         import redis
 
@@ -149,6 +155,7 @@ class SecurityLayer:
                     f"rate_limit.backend is redis but {redact_url(url)} is unreachable: "
                     f"{redact_secret(str(exc) or type(exc).__name__, url)}"
                 ) from None  # the chained redis error may carry the URL
+        await self.store.open()
         await self.authenticator.start()
         await self.ledger.start()
         if self.authenticator.open:
@@ -162,7 +169,7 @@ class SecurityLayer:
         await self.authenticator.stop()
         await self.ledger.stop()
         await self.backend.close()
-        self.store.close()
+        await self.store.close()
 
     def on_usage(self, target: Target, prompt_tokens: int, completion_tokens: int, engine: str) -> None:
         """Usage listener: ledger, token metrics, and the actual counts for TPM reconciliation."""

@@ -1,7 +1,7 @@
 """Tokens per key per day, counted in memory and written to the key store in batches.
 
-Counting is a dict update on the event loop; a background task hands the accumulated batch to
-a worker thread every ``flush_interval`` seconds, and :meth:`UsageLedger.stop` writes what is
+Counting is a dict update on the event loop; a background task writes the accumulated batch to
+the (async) key store every ``flush_interval`` seconds, and :meth:`UsageLedger.stop` writes what is
 left, so usage accepted before a graceful shutdown is never lost. A batch whose write fails is
 merged back and retried on the next flush.
 """
@@ -13,7 +13,6 @@ import contextlib
 import time
 from collections import defaultdict
 
-import anyio
 import structlog
 
 from forge_gateway.security.keys import UsageRow
@@ -54,14 +53,14 @@ class UsageLedger:
         counts[2] += completion_tokens
 
     async def flush(self) -> None:
-        """Write pending counts now (in a worker thread)."""
+        """Write pending counts now."""
         async with self._flush_lock:
             if not self._pending:
                 return
             batch, self._pending = self._pending, defaultdict(lambda: [0, 0, 0])
             rows = [UsageRow(k, d, *c) for (k, d), c in batch.items()]
             try:
-                if not await anyio.to_thread.run_sync(self.store.add_usage, rows):
+                if not await self.store.add_usage(rows):
                     # No key store file (dev mode, never had keys): usage lives in metrics only.
                     log.debug("usage_not_persisted", rows=len(rows), reason="no key store file")
             except Exception as exc:

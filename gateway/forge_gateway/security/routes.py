@@ -1,7 +1,7 @@
 """Admin API for keys and usage: ``/admin/keys`` and ``/admin/usage`` (admin key required).
 
 Each route declares its scope in ``opt`` (see :mod:`forge_gateway.security.policy`); these
-handlers only do the work. Store calls run in a worker thread (both key stores block).
+handlers only do the work; the key store's calls are async (see :mod:`~forge_gateway.security.store`).
 """
 
 from __future__ import annotations
@@ -9,13 +9,12 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-import anyio
 import msgspec
 from litestar import Request, Response, delete, get, post
 from litestar.params import Parameter
 
 from forge_gateway.errors import validation_error
-from forge_gateway.security.keys import MAX_LIMIT
+from forge_gateway.security.keys import MAX_LIMIT, new_key
 from forge_gateway.security.policy import ADMIN, METRICS
 from forge_sdk.errors import InvalidRequestError
 
@@ -52,7 +51,7 @@ def _layer(request: Request[Any, Any, Any]) -> Any:
 async def list_keys(request: Request[Any, Any, Any], include_revoked: bool = False) -> Response[bytes]:
     """Every key's metadata (never the secret)."""
     layer = _layer(request)
-    keys = await anyio.to_thread.run_sync(lambda: layer.store.keys(include_revoked=include_revoked))
+    keys = await layer.store.keys(include_revoked=include_revoked)
     return _json({"object": "list", "data": [k.public_dict() for k in keys]})
 
 
@@ -64,12 +63,9 @@ async def create_key(request: Request[Any, Any, Any]) -> Response[bytes]:
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise validation_error(exc) from exc
     layer = _layer(request)
-    full, record = await anyio.to_thread.run_sync(
-        lambda: layer.store.create(
-            body.name, rpm=body.rpm, tpm=body.tpm, models=body.models, admin=body.admin
-        )
-    )
-    await anyio.to_thread.run_sync(layer.authenticator.reload)
+    full, record = new_key(body.name, rpm=body.rpm, tpm=body.tpm, models=body.models, admin=body.admin)
+    await layer.store.add_key(record)
+    await layer.authenticator.reload()
     return _json({"key": full, **record.public_dict()}, status=201)
 
 
@@ -77,7 +73,7 @@ async def create_key(request: Request[Any, Any, Any]) -> Response[bytes]:
 async def revoke_key(request: Request[Any, Any, Any], key_id: str) -> Response[bytes]:
     """Revoke a key; this process stops accepting it at once, other replicas within a second or two."""
     layer = _layer(request)
-    record = await anyio.to_thread.run_sync(layer.store.revoke, key_id)
+    record = await layer.store.revoke(key_id)
     layer.authenticator.forget(key_id)
     return _json(record.public_dict())
 
@@ -95,7 +91,7 @@ async def usage(
             raise InvalidRequestError(f"{name} must be YYYY-MM-DD, got {value!r}", param=name)
     layer = _layer(request)
     await layer.ledger.flush()
-    rows = await anyio.to_thread.run_sync(lambda: layer.store.usage(key_id=key_id, since=since, until=until))
+    rows = await layer.store.usage(key_id=key_id, since=since, until=until)
     return _json({"object": "list", "data": [r.as_dict() for r in rows]})
 
 

@@ -1,18 +1,27 @@
-"""One interface for the key store and usage ledger, and the choice between its two backends.
+"""One async interface for the key store and usage ledger, and the choice between its two backends.
 
 ``[auth] database_url`` unset: the embedded SQLite file ``db_path`` (replicas must share a host).
 ``database_url = "postgresql://..."``: PostgreSQL, shared by replicas on any number of hosts.
 
-Both stores are blocking (SQLite is; PostgreSQL goes through psycopg's connection pool) and are
-called off the event loop: requests never touch them. Keys are verified against an in-memory
-copy that reloads when the store's version counter moves, and usage is written in batches, so
-the store sees a few queries a second per replica whatever the request rate.
+Every method is a coroutine run on the event loop. PostgreSQL is natively async (psycopg 3's
+async connections and ``AsyncConnectionPool``, see :mod:`~forge_gateway.security.keys_pg`);
+SQLite has no async driver in the standard library, so :class:`SQLiteBackend` runs each call of
+the blocking :class:`~forge_gateway.security.keys.KeyStore` in a worker thread. Requests never
+wait on either: keys are verified against an in-memory copy that reloads when the store's version
+counter moves, and usage is written in batches, so the store sees a few queries a second per
+replica whatever the request rate.
+
+A backend is built without I/O (at app construction), connected with :meth:`KeyBackend.open`
+inside the event loop that will use it, and released with :meth:`KeyBackend.close` on that loop.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
+
+import anyio
 
 from forge_gateway.security.keys import ApiKey, KeyStore, UsageRow
 from forge_sdk.errors import ConfigurationError
@@ -20,50 +29,97 @@ from forge_sdk.errors import ConfigurationError
 if TYPE_CHECKING:
     from forge_gateway.config import AuthConfig
 
-__all__ = ["KeyBackend", "is_postgres_url", "open_store"]
+__all__ = ["KeyBackend", "SQLiteBackend", "is_postgres_url", "open_store"]
 
 
 class KeyBackend(Protocol):
-    """What the gateway and ``forge-gateway keys`` need from a key store (every method blocks)."""
+    """What the gateway and ``forge-gateway keys`` need from a key store (all async)."""
 
     @property
     def location(self) -> str:
         """Where the keys live, without secrets (for messages and logs)."""
 
-    @property
-    def exists(self) -> bool:
-        """Whether the store exists yet (a gateway without one has no keys: dev mode)."""
+    async def open(self) -> None:
+        """Connect (start the pool); call once, inside the event loop that uses the store."""
 
-    def create(
-        self,
-        name: str,
-        *,
-        rpm: int | None = None,
-        tpm: int | None = None,
-        models: Iterable[str] | None = None,
-        admin: bool = False,
-    ) -> tuple[str, ApiKey]:
-        """Create a key: ``(full key, record)``; see :func:`forge_gateway.security.keys.new_key`."""
+    async def add_key(self, record: ApiKey) -> None:
+        """Store a key made by :func:`~forge_gateway.security.keys.new_key` (bumps the version)."""
 
-    def revoke(self, key_id: str) -> ApiKey:
+    async def revoke(self, key_id: str) -> ApiKey:
         """Revoke a key (idempotent); raises ``NotFoundError`` for an unknown id."""
 
-    def keys(self, *, include_revoked: bool = True) -> list[ApiKey]:
+    async def keys(self, *, include_revoked: bool = True) -> list[ApiKey]:
         """All keys, oldest first."""
 
-    def version(self) -> int:
+    async def version(self) -> int:
         """A counter every create/revoke bumps, from any process (-1: no store yet)."""
 
-    def add_usage(self, rows: Iterable[UsageRow]) -> bool:
+    async def add_usage(self, rows: Iterable[UsageRow]) -> bool:
         """Add counts to the per-key per-day totals atomically; False when there is no store."""
 
-    def usage(
+    async def usage(
         self, *, key_id: str | None = None, since: str | None = None, until: str | None = None
     ) -> list[UsageRow]:
         """Usage rows filtered by key and an inclusive ``YYYY-MM-DD`` range, by day then key."""
 
-    def close(self) -> None:
-        """Release the file or the connection pool."""
+    async def close(self) -> None:
+        """Release the file or the connection pool (idempotent)."""
+
+
+class SQLiteBackend:
+    """The SQLite :class:`~forge_gateway.security.keys.KeyStore` behind the async interface.
+
+    Each call runs in a worker thread: sqlite3 blocks, and a WAL checkpoint or a writer holding
+    the file lock must not stall the event loop.
+
+    Args:
+        path: the database file.
+        create: create the file now if missing (a gateway passes False: no file, no keys).
+    """
+
+    def __init__(self, path: str | Path, *, create: bool) -> None:
+        self._path, self._create = path, create
+        self._store: KeyStore | None = None
+
+    @property
+    def location(self) -> str:
+        return str(self._path)
+
+    def _db(self) -> KeyStore:
+        if self._store is None:
+            raise ConfigurationError(f"key store {self._path} used before open()")
+        return self._store
+
+    async def open(self) -> None:
+        if self._store is None:
+            self._store = await anyio.to_thread.run_sync(lambda: KeyStore(self._path, create=self._create))
+
+    async def add_key(self, record: ApiKey) -> None:
+        await anyio.to_thread.run_sync(self._db().add_key, record)
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        return await anyio.to_thread.run_sync(self._db().revoke, key_id)
+
+    async def keys(self, *, include_revoked: bool = True) -> list[ApiKey]:
+        store = self._db()
+        return await anyio.to_thread.run_sync(lambda: store.keys(include_revoked=include_revoked))
+
+    async def version(self) -> int:
+        return await anyio.to_thread.run_sync(self._db().version)
+
+    async def add_usage(self, rows: Iterable[UsageRow]) -> bool:
+        return await anyio.to_thread.run_sync(self._db().add_usage, list(rows))
+
+    async def usage(
+        self, *, key_id: str | None = None, since: str | None = None, until: str | None = None
+    ) -> list[UsageRow]:
+        store = self._db()
+        return await anyio.to_thread.run_sync(lambda: store.usage(key_id=key_id, since=since, until=until))
+
+    async def close(self) -> None:
+        store, self._store = self._store, None
+        if store is not None:
+            await anyio.to_thread.run_sync(store.close)
 
 
 def is_postgres_url(value: str) -> bool:
@@ -72,11 +128,12 @@ def is_postgres_url(value: str) -> bool:
 
 
 def open_store(auth: AuthConfig, *, create: bool, db: str | None = None) -> KeyBackend:
-    """The key store ``[auth]`` configures (``db`` overrides it: a file path or a PostgreSQL URL).
+    """The key store ``[auth]`` configures (``db`` overrides it: a file path or a PostgreSQL URL),
+    not yet connected: ``await store.open()`` inside the event loop that will use it.
 
     Args:
         auth: the ``[auth]`` section.
-        create: create the SQLite file now if missing (PostgreSQL tables are always created,
+        create: create the SQLite file at open if missing (PostgreSQL tables are always created,
             by the versioned migrations, on first use).
         db: an explicit location (``forge-gateway keys --db``).
 
@@ -85,7 +142,7 @@ def open_store(auth: AuthConfig, *, create: bool, db: str | None = None) -> KeyB
     """
     url = db if db is not None and is_postgres_url(db) else (None if db else auth.database_url)
     if url is None:
-        return KeyStore(db or auth.db_path, create=create)
+        return SQLiteBackend(db or auth.db_path, create=create)
     if not is_postgres_url(url):
         raise ConfigurationError("auth.database_url must start with postgresql:// (or postgres://)")
     from forge_gateway.security.keys_pg import PostgresKeyStore
