@@ -159,6 +159,97 @@ def test_tool_modes_and_forced_call_schema() -> None:
     assert tool_mode(tools, "none", None, HermesToolParser()).calls("<tool_call>{}</tool_call>")[1] == []  # type: ignore[union-attr]
 
 
+def test_required_call_schema_keeps_pydantic_refs_resolvable() -> None:
+    """Nested pydantic models put their parts in ``$defs`` (``#/$defs/Addr``), self-references
+    point at ``#``: both must still resolve once the parameters sit inside the ``required``
+    wrapper, for every tool of the request (the grammar compiler is the judge)."""
+    xgr = pytest.importorskip("xgrammar")
+    person = {
+        "$defs": {
+            "Addr": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+        },
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "addrs": {"type": "array", "items": {"$ref": "#/$defs/Addr"}},
+        },
+        "required": ["name", "addrs"],
+    }
+    node = {"type": "object", "properties": {"child": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}}}
+    tools = chat(
+        tools=[
+            {"type": "function", "function": {"name": n, "parameters": p}}
+            for n, p in (("person", person), ("node", node))
+        ]
+    ).tools
+    mode = tool_mode(tools, "required", None, None)
+    assert mode is not None
+    schema = mode.constraint().value  # type: ignore[union-attr]
+    xgr.Grammar.from_json_schema(json.dumps(schema))  # raised "Cannot find field $defs" before
+    assert schema["$defs"]["forge_tool_0"]["properties"]["addrs"]["items"] == {
+        "$ref": "#/$defs/forge_tool_0/$defs/Addr"
+    }
+    assert schema["$defs"]["forge_tool_1"]["properties"]["child"]["anyOf"][0] == {
+        "$ref": "#/$defs/forge_tool_1"
+    }
+    assert person["properties"]["addrs"]["items"] == {"$ref": "#/$defs/Addr"}  # the request is not mutated
+
+
+def test_uncompilable_constraint_names_its_field_without_native_noise() -> None:
+    xgr = pytest.importorskip("xgrammar")
+    from forge_gateway.engines._common import constraint_error
+
+    bad = {"type": "wat"}
+    req = chat(response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": bad}})
+    constraint = request_constraint(req)
+    assert constraint is not None and constraint.param == "response_format"
+    tools = chat(tools=[{"type": "function", "function": {"name": "f", "parameters": bad}}]).tools
+    forced = tool_mode(tools, "required", None, None).constraint()  # type: ignore[union-attr]
+    assert forced is not None and forced.param == "tools"
+    for c in (constraint, forced):
+        with pytest.raises(RuntimeError) as native:  # the real library's message, stamp and path
+            xgr.Grammar.from_json_schema(json.dumps(c.value))
+        err = constraint_error(c, native.value)
+        assert err.param == c.param and "wat" in err.message
+        assert ".cc:" not in err.message and not err.message.startswith(
+            "cannot compile the output constraint: ["
+        )
+
+
+def test_streamed_required_calls_go_out_as_they_are_written() -> None:
+    """The ``required`` array streams call by call: the id and name once the name is whole, then the
+    arguments piece by piece; braces, quotes and escapes inside strings do not end a call early."""
+    text = (
+        '[{"name":"get_weather","arguments":{"city":"}]\\"{,","days":[1,{"n":null}]}},'
+        '{"name":"get_weather","arguments":{"city":"Rome"}}]'
+    )
+    mode = tool_mode(chat(tools=TOOLS).tools, "required", None, None)
+    assert mode is not None
+    stream = ToolStream(mode)
+    calls: dict[int, dict[str, str]] = {}
+    first_name_at = None
+    for i, char in enumerate(text):  # one character per step: every cut point is exercised
+        content, deltas = stream.push(char)
+        assert content is None
+        for delta in deltas:
+            call = calls.setdefault(delta.index, {"id": "", "name": "", "arguments": ""})
+            call["id"] += delta.id or ""
+            call["name"] += (delta.function.name or "") if delta.function else ""
+            call["arguments"] += (delta.function.arguments or "") if delta.function else ""
+            first_name_at = i if first_name_at is None else first_name_at
+    assert first_name_at is not None and first_name_at < text.index("city")  # not held to the end
+    assert stream.finish() == (None, []) and stream.called
+    assert [json.loads(c["arguments"]) for c in calls.values()] == [
+        item["arguments"] for item in json.loads(text)
+    ]
+    assert len({c["id"] for c in calls.values()}) == 2 and {c["name"] for c in calls.values()} == {
+        "get_weather"
+    }
+    cut = ToolStream(mode)  # cut by max_tokens inside the arguments: no call is claimed
+    cut.push('[{"name":"get_weather","arguments":{"ci')
+    assert cut.finish() == (None, []) and not cut.called
+
+
 def test_streamed_auto_tool_call_holds_back_only_the_call() -> None:
     mode = tool_mode(chat(tools=TOOLS).tools, None, None, HermesToolParser())
     assert mode is not None

@@ -101,6 +101,31 @@ def test_named_and_required_tool_calls(url: str) -> None:
         assert "Paris" in _weather_args(call.function.arguments)["city"]  # type: ignore[union-attr]
 
 
+def test_pydantic_tool_with_nested_models_parses(url: str) -> None:
+    """``openai.pydantic_function_tool`` on a model with nested models sends ``$defs`` refs."""
+    from pydantic import BaseModel, Field
+
+    class Address(BaseModel):
+        city: str = Field(max_length=30)
+        kind: str = Field(pattern="^(home|work)$")
+
+    class Person(BaseModel):
+        name: str = Field(max_length=30)
+        addresses: list[Address] = Field(max_length=2)
+
+    for choice in ("required", {"type": "function", "function": {"name": "Person"}}):
+        resp = _client(url).chat.completions.parse(
+            model=MODEL,
+            messages=[{"role": "user", "content": "Record Ann, who lives in Oslo."}],
+            tools=[openai.pydantic_function_tool(Person)],
+            tool_choice=choice,  # type: ignore[arg-type]
+            max_tokens=120,
+            temperature=0,
+        )
+        call = resp.choices[0].message.tool_calls[0]  # type: ignore[index]
+        assert isinstance(call.function.parsed_arguments, Person)  # type: ignore[union-attr]
+
+
 def test_streamed_tool_call_assembles_to_valid_arguments(vllm_url: str) -> None:
     stream = _client(vllm_url).chat.completions.create(
         model=MODEL,

@@ -6,10 +6,11 @@ that has neither.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
-from forge_gateway.engines.base import Engine, EngineRequest
+from forge_gateway.engines.base import Constraint, Engine, EngineRequest
 from forge_sdk.errors import (
     ContextLengthExceededError,
     EngineUnavailableError,
@@ -17,7 +18,7 @@ from forge_sdk.errors import (
     ModelError,
 )
 
-__all__ = ["ChatTokenizer", "HFTokenizerEngine", "StopChecker", "check_request"]
+__all__ = ["ChatTokenizer", "HFTokenizerEngine", "StopChecker", "check_request", "constraint_error"]
 
 
 class ChatTokenizer:
@@ -263,3 +264,14 @@ class HFTokenizerEngine(Engine):
     def detokenize(self, token_ids: Sequence[int]) -> str:
         """The text of ``token_ids`` (special tokens kept)."""
         return str(self._require_tokenizer().hf.decode(list(token_ids), skip_special_tokens=False))
+
+
+# xgrammar's C++ errors start with a log stamp and its build path ("[13:23:47] /project/cpp/x.cc:4950: ");
+# the client needs only the reason, and the build layout is nobody's business.
+_NATIVE_LOG_PREFIX = re.compile(r"^\[[0-9:.]+\] \S+:\d+: ")
+
+
+def constraint_error(constraint: Constraint, exc: BaseException) -> InvalidRequestError:
+    """The 400 for a schema, pattern or grammar the grammar backend cannot compile."""
+    reason = _NATIVE_LOG_PREFIX.sub("", str(exc).strip()) or type(exc).__name__
+    return InvalidRequestError(f"cannot compile the output constraint: {reason}", param=constraint.param)

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 import xgrammar as xgr
 
+from forge_gateway.engines._common import constraint_error
 from forge_gateway.engines.base import Constraint
-from forge_sdk.errors import InvalidRequestError
 
 __all__ = ["Grammars"]
 
@@ -47,9 +47,7 @@ class Grammars:
         try:
             compiled = self._compile(constraint)
         except (RuntimeError, ValueError, TypeError) as exc:  # xgrammar's errors subclass these
-            raise InvalidRequestError(
-                f"cannot compile the output constraint: {exc}", param=_param(constraint)
-            ) from exc
+            raise constraint_error(constraint, exc) from exc
         return xgr.GrammarMatcher(compiled)
 
     def _compile(self, constraint: Constraint) -> Any:
@@ -80,7 +78,3 @@ class Grammars:
         sub = logits[rows].float()
         xgr.apply_token_bitmask_inplace(sub, bitmask.to(sub.device), vocab_size=self.vocab_size)
         logits[rows] = sub.to(logits.dtype)
-
-
-def _param(constraint: Constraint) -> str:
-    return "response_format" if constraint.kind in ("json", "json_object") else "structured_outputs"

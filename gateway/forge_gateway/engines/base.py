@@ -38,6 +38,8 @@ class Constraint:
     EBNF text for ``grammar``; unused for ``json_object``."""
     compact: bool = False
     """No free whitespace inside JSON."""
+    param: str = "response_format"
+    """The request field the constraint came from, named by the 400 when it does not compile."""
 
 
 @dataclass(frozen=True, slots=True)

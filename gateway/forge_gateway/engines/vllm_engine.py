@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, check_request
+from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, check_request, constraint_error
 from forge_gateway.engines.base import (
     LOGPROB_FLOOR,
     Constraint,
@@ -521,7 +521,7 @@ def _structured_outputs(constraint: Constraint | None) -> Any:
         try:
             grammar = xgr.Grammar.from_json_schema(schema, any_whitespace=False, separators=(",", ":"))
         except (RuntimeError, ValueError, TypeError) as exc:
-            raise InvalidRequestError(f"cannot compile the output constraint: {exc}") from exc
+            raise constraint_error(constraint, exc) from exc
         return StructuredOutputsParams(grammar=str(grammar))
     if kind == "json":
         return StructuredOutputsParams(json=json.dumps(value))

@@ -7,6 +7,7 @@ and ``/v1/completions`` cannot drift apart.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from forge_gateway.engines.base import Constraint
@@ -161,4 +162,7 @@ def request_constraint(req: ChatCompletionRequest | CompletionRequest) -> Constr
     for name, constraint in found:
         if constraint.kind == "choice" and (not constraint.value or not all(constraint.value)):
             raise InvalidRequestError("a choice constraint needs non-empty choices", param=name)
-    return found[0][1] if found else None
+    if not found:
+        return None
+    name, constraint = found[0]
+    return replace(constraint, param=name)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -66,26 +67,33 @@ class ToolMode:
         """The grammar that forces a valid call (``required`` / named), else None."""
         if self.kind == "named":
             fn = next(t.function for t in self.tools if t.function.name == self.named)
-            return Constraint("json", _params(fn.parameters), compact=True)
+            return Constraint("json", _params(fn.parameters), compact=True, param="tools")
         if self.kind == "required":
+            # Each tool's parameters live under the root's $defs, so their own local refs (pydantic's
+            # ``#/$defs/Model``) can be rebased onto an object path: xgrammar cannot follow a pointer
+            # through an ``anyOf`` array index.
+            defs = {
+                f"forge_tool_{i}": _rebase_refs(_params(t.function.parameters), f"#/$defs/forge_tool_{i}")
+                for i, t in enumerate(self.tools)
+            }
             items = {
                 "anyOf": [
                     {
                         "type": "object",
                         "properties": {
                             "name": {"enum": [t.function.name]},
-                            "arguments": _params(t.function.parameters),
+                            "arguments": {"$ref": f"#/$defs/forge_tool_{i}"},
                         },
                         "required": ["name", "arguments"],
                         "additionalProperties": False,
                     }
-                    for t in self.tools
+                    for i, t in enumerate(self.tools)
                 ]
             }
-            schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1}
+            schema: dict[str, Any] = {"type": "array", "items": items, "minItems": 1, "$defs": defs}
             if not self.parallel:
                 schema["maxItems"] = 1
-            return Constraint("json", schema, compact=True)
+            return Constraint("json", schema, compact=True, param="tools")
         return None
 
     def calls(self, text: str) -> tuple[str | None, list[ToolCall]]:
@@ -115,6 +123,35 @@ class ToolMode:
 
 def _params(schema: dict[str, Any] | None) -> dict[str, Any]:
     return schema if schema else {"type": "object", "properties": {}}
+
+
+def _rebase_refs(schema: dict[str, Any], base: str) -> dict[str, Any]:
+    """A copy of ``schema`` whose local ``$ref`` pointers still resolve once it is nested at ``base``.
+
+    Pydantic (``openai.pydantic_function_tool``, LangChain, instructor) puts nested models in
+    ``$defs`` and points at them with ``#/$defs/Name``, relative to the *parameters* root; inside
+    the ``required`` wrapper that root moves, so ``#`` becomes ``base``. Iterative, so a hostile
+    nesting depth cannot overflow the stack.
+    """
+    root: dict[str, Any] = dict(schema)
+    stack: list[Any] = [root]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in list(items):
+            if isinstance(value, dict):
+                value = node[key] = dict(value)
+                ref = value.get("$ref")
+                if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+                    value["$ref"] = base + ref[1:]
+                stack.append(value)
+            elif isinstance(value, list):
+                node[key] = list(value)
+                stack.append(node[key])
+    ref = root.get("$ref")
+    if isinstance(ref, str) and (ref == "#" or ref.startswith("#/")):
+        root["$ref"] = base + ref[1:]
+    return root
 
 
 def tool_mode(
@@ -162,6 +199,8 @@ class ToolStream:
     calls_sent: int = 0
     named_id: str | None = None
     done_calls: list[ToolCall] = field(default_factory=list)
+    array: _CallArray = field(default_factory=lambda: _CallArray())
+    """``required``: where the streamed JSON array of calls has got to."""
 
     def push(self, delta: str) -> tuple[str | None, list[DeltaToolCall]]:
         """New text in; ``(content to send, tool-call deltas to send)`` out."""
@@ -183,7 +222,7 @@ class ToolStream:
                 )
             ]
         if kind == "required":
-            return None, []  # sent whole at the end (the array is only valid once closed)
+            return None, self.array.feed(self.text)
         if kind == "auto" and self.mode.parser is not None:
             safe = self.mode.parser.call_start(self.text)
             if safe > self.sent:
@@ -198,6 +237,10 @@ class ToolStream:
     def finish(self) -> tuple[str | None, list[DeltaToolCall]]:
         """At the end of the sequence: remaining content and the whole calls found."""
         if self.mode.kind == "named":
+            return None, []
+        if self.mode.kind == "required" and self.array.started:
+            # Calls went out piece by piece; a call cut by max_tokens stays cut ("length").
+            self.done_calls = self.array.finished
             return None, []
         _, calls = self.mode.calls(self.text)
         if not calls:
@@ -217,3 +260,93 @@ class ToolStream:
     def called(self) -> bool:
         """Whether the choice ended in tool calls."""
         return self.named_id is not None or bool(self.done_calls)
+
+
+# One call of the ``required`` array, as the grammar writes it (compact, keys in schema order).
+_CALL_HEAD = re.compile(r'[\[,]\{"name":("(?:[^"\\]|\\.)*"),"arguments":')
+
+
+@dataclass(slots=True)
+class _CallArray:
+    """Streams the ``required`` grammar's ``[{"name":..,"arguments":{..}},..]`` call by call:
+    a call's id and name as soon as its name is whole, then its arguments as they are written.
+
+    The text is grammar-constrained JSON, so a scan of string/escape state and brace depth is
+    enough to find where each arguments value ends; nothing here has to recover from bad JSON.
+    """
+
+    pos: int = 0
+    """Where the next call head is looked for."""
+    args_at: int = -1
+    """Start of the current call's arguments (-1: between calls)."""
+    scanned: int = 0
+    depth: int = 0
+    in_string: bool = False
+    escaped: bool = False
+    current: ToolCall | None = None
+    finished: list[ToolCall] = field(default_factory=list)
+
+    @property
+    def started(self) -> bool:
+        return self.current is not None or bool(self.finished)
+
+    def feed(self, text: str) -> list[DeltaToolCall]:
+        out: list[DeltaToolCall] = []
+        while True:
+            if self.args_at < 0:
+                head = _CALL_HEAD.match(text, self.pos)
+                if head is None:
+                    return out
+                name = json.loads(head.group(1))
+                self.current = ToolCall(_call_id(), FunctionCall(name, ""))
+                index = len(self.finished)
+                out.append(
+                    DeltaToolCall(
+                        index, id=self.current.id, type="function", function=DeltaFunctionCall(name, "")
+                    )
+                )
+                self.args_at = self.scanned = head.end()
+                self.depth, self.in_string, self.escaped = 0, False, False
+            end = self._scan(text)
+            stop = end if end >= 0 else len(text)
+            assert self.current is not None
+            piece = text[self.args_at + len(self.current.function.arguments) : stop]
+            if piece:
+                self.current.function.arguments += piece
+                out.append(DeltaToolCall(len(self.finished), function=DeltaFunctionCall(arguments=piece)))
+            if end < 0:
+                return out
+            self.finished.append(self.current)
+            self.current, self.args_at, self.pos = None, -1, end + 1  # past the call object's "}"
+
+    def _scan(self, text: str) -> int:
+        """Advance over ``text``; the index just past the arguments value once it is whole, else -1."""
+        i = self.scanned
+        while i < len(text):
+            ch = text[i]
+            i += 1
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif ch == "\\":
+                    self.escaped = True
+                elif ch == '"':
+                    self.in_string = False
+                    if self.depth == 0:
+                        break  # the arguments value was a bare string
+            elif self.depth == 0 and ch in ",}]":
+                i -= 1  # a bare scalar ended (an object or array breaks below, on its own close)
+                break
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    break
+        else:
+            self.scanned = i
+            return -1
+        self.scanned = i
+        return i
