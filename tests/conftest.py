@@ -14,6 +14,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Gateways the tests start as processes skip vLLM's one-off torch.compile, which would double each
+# engine's start-up (in-process engines pass enforce_eager themselves); one test compiles.
+os.environ.setdefault("FORGE_ENGINE_ENFORCE_EAGER", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 # FORGE_SHARED_DATA points a worktree elsewhere at the shared data (default: beside the repository).

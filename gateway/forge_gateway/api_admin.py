@@ -16,7 +16,7 @@ import msgspec
 from litestar import Request, Response, delete, post
 
 from forge_gateway.endpoints import check_endpoint
-from forge_gateway.routing import ExpertCatalog
+from forge_gateway.routing import LORA_OFF, ExpertCatalog
 from forge_gateway.security.policy import ADMIN
 from forge_gateway.state import Gateway
 from forge_sdk.errors import InvalidRequestError, ModelError, ModelNotFoundError
@@ -94,10 +94,7 @@ def _validate(gateway: Gateway, expert: ExpertModel) -> None:
         )
     if expert.kind == "adapter":
         if not catalog.lora_enabled:
-            raise InvalidRequestError(
-                "this gateway's engine serves no LoRA adapters (start it with LoRA enabled)",
-                param="adapter_path",
-            )
+            raise InvalidRequestError(LORA_OFF, param="adapter_path")
         _check_adapter_folder(expert)
     if expert.kind == "standalone":
         if not catalog.standalone_enabled:
@@ -168,7 +165,7 @@ def _adapter_expert(gateway: Gateway, name: str) -> ExpertModel:
             f"expert {name!r} is a {expert.kind} expert, not a LoRA adapter", param="name"
         )
     if not gateway.catalog.lora_enabled:
-        raise InvalidRequestError("this gateway's engine serves no LoRA adapters", param="name")
+        raise InvalidRequestError(LORA_OFF, param="name")
     return expert
 
 

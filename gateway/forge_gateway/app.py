@@ -22,7 +22,7 @@ from forge_gateway.errors import exception_handlers
 from forge_gateway.fastpath import RemoteFastPath
 from forge_gateway.security import install_security
 from forge_gateway.security.policy import route_guard
-from forge_gateway.state import Gateway
+from forge_gateway.state import Gateway, adapter_experts
 from forge_gateway.upstream_replicas import UpstreamCollector
 from forge_sdk.plugins import get_plugin_manager
 
@@ -47,7 +47,9 @@ def create_app(
 
         # A catalogue name or a GGUF file becomes a cached folder; bad paths fail here, in a second.
         config = resolve_base_model(config)
-        engine = create_engine(config.engine.kind, config.model, **engine_options(config))
+        pm = pm or get_plugin_manager()
+        adapters = bool(adapter_experts(config, pm))
+        engine = create_engine(config.engine.kind, config.model, **engine_options(config, adapters=adapters))
     gateway = Gateway(config, engine, pm or get_plugin_manager())
 
     @asynccontextmanager
@@ -95,12 +97,18 @@ def create_app(
     return app
 
 
-def engine_options(config: GatewayConfig) -> dict[str, object]:
-    """Engine keyword arguments from the config's ``[engine]`` section."""
+def engine_options(config: GatewayConfig, *, adapters: bool = False) -> dict[str, object]:
+    """Engine keyword arguments from the config's ``[engine]`` section.
+
+    Args:
+        config: the gateway config.
+        adapters: adapter experts are registered (``enable_lora = "auto"`` turns LoRA on then).
+    """
     from forge_gateway.model_source import derive_max_model_len
 
     e = config.engine
-    options: dict[str, object] = {"enable_lora": e.enable_lora, "dtype": e.dtype}
+    lora = adapters if e.enable_lora == "auto" else e.enable_lora
+    options: dict[str, object] = {"enable_lora": lora, "dtype": e.dtype}
     max_model_len = derive_max_model_len(config.model, e.max_model_len)
     if max_model_len is not None:  # None: neither config nor model says; the engine derives it
         options["max_model_len"] = max_model_len

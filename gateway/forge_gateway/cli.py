@@ -68,7 +68,20 @@ def _serve_parser(sub: Any) -> None:
         help="context length in tokens (default: the model's own, at most 4096)",
     )
     p.add_argument("--quantization", help="checkpoint quantization passed to vLLM (awq, gptq, ...)")
-    p.add_argument("--no-lora", action="store_true", default=None, help="disable LoRA adapter experts")
+    lora = p.add_mutually_exclusive_group()
+    lora.add_argument(
+        "--enable-lora",
+        action="store_true",
+        default=None,
+        help="serve LoRA adapter experts, registered at start or later (default: only when adapters exist at start)",
+    )
+    lora.add_argument("--no-lora", action="store_true", default=None, help="disable LoRA adapter experts")
+    p.add_argument(
+        "--enforce-eager",
+        action="store_true",
+        default=None,
+        help="vLLM: no torch.compile / CUDA graphs (faster start, slower generation)",
+    )
     p.add_argument("--registry", metavar="FILE", help="expert registry JSON (watched for changes)")
     p.add_argument("--classifier", help="router classifier for model=auto (keyword, neural, hybrid)")
     p.add_argument("--max-concurrent", type=int, help="requests generating at once (default 100)")
@@ -94,7 +107,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
             "kind": args.engine_kind,
             "max_model_len": args.max_model_len,
             "quantization": args.quantization,
-            "enable_lora": False if args.no_lora else None,
+            "enable_lora": False if args.no_lora else args.enable_lora,
+            "enforce_eager": args.enforce_eager,
         },
         "router": {"classifier": args.classifier},
         "limits": {"max_concurrent": args.max_concurrent, "request_timeout": args.request_timeout},

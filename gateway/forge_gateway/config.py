@@ -41,8 +41,11 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """``auto`` uses vLLM when importable, else the transformers fallback."""
     max_model_len: Positive | None = None
     """Context length (default: the model's own, capped at 4096 for vLLM)."""
-    enable_lora: bool = True
-    """Serve LoRA adapter experts on the base model."""
+    enable_lora: bool | Literal["auto"] = "auto"
+    """Serve LoRA adapter experts on the base model. ``auto``: only when adapter experts are
+    registered at start (registry file or plugins), so a gateway without adapters runs at the
+    speed of a plain engine (vLLM's CPU build cannot compile a LoRA model); adapters registered
+    later then need a restart. ``true``: always, so adapters can be registered while it runs."""
     max_loras: Positive = 4
     """Adapters resident at once in one batch (vLLM ``max_loras``)."""
     max_lora_rank: Positive = 16
@@ -64,6 +67,10 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     distributed_executor_backend: Literal["mp", "ray"] | None = None
     """vLLM's worker launcher when the engine spans several GPUs: ``mp`` (processes on this
     machine) or ``ray`` (a Ray cluster, for several nodes); None lets vLLM choose."""
+    enforce_eager: bool | None = None
+    """vLLM: run the model eagerly, without ``torch.compile`` and CUDA graphs (faster start-up,
+    slower generation). None: vLLM's default, compiled; the compiled artefacts are cached under
+    ``VLLM_CACHE_ROOT`` (``~/.cache/vllm``). vLLM's CPU build runs eagerly whenever LoRA is on."""
     enable_prefix_caching: bool | None = None
     """vLLM: reuse the KV cache of shared prompt prefixes (None: vLLM's default, on in V1)."""
     standalone_start: Literal["lazy", "startup"] = "lazy"

@@ -22,7 +22,7 @@ from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, ModelNotFoundError
 from forge_sdk.experts import ExpertModel, ExpertRegistry
 
-__all__ = ["AUTO", "RESOLVED_TARGET", "ExpertCatalog", "Target", "route_headers"]
+__all__ = ["AUTO", "LORA_OFF", "RESOLVED_TARGET", "ExpertCatalog", "Target", "route_headers"]
 
 AUTO = "auto"
 RESOLVED_TARGET = "forge.resolved_target"
@@ -54,6 +54,14 @@ def route_headers(target: Target) -> dict[str, str]:
     if target.confidence is not None:
         headers["x-forge-route-confidence"] = f"{target.confidence:.3f}"
     return headers
+
+
+LORA_OFF = (
+    'this gateway\'s engine runs without LoRA (engine.enable_lora "auto" turns it on only when adapter '
+    "experts are registered at start); restart the gateway, or start it with --enable-lora "
+    "(engine.enable_lora = true) to register adapters while it runs"
+)
+"""Why an adapter expert cannot be served, and what to do (one place for the API's messages)."""
 
 
 class ExpertCatalog:
@@ -229,10 +237,9 @@ class ExpertCatalog:
         expert = self.experts.get(model)
         if expert is not None:
             if not self.servable(expert):
+                why = LORA_OFF if expert.kind == "adapter" else "standalone experts need a model engine"
                 raise ModelNotFoundError(
-                    f"expert {model!r} is registered but cannot be served here "
-                    f"({expert.kind} experts need {'LoRA enabled' if expert.kind == 'adapter' else 'a model engine'})",
-                    param="model",
+                    f"expert {model!r} is registered but cannot be served here: {why}", param="model"
                 )
             return Target(model, expert, "requested", lora=self.lora_for(expert))
         if model == AUTO:

@@ -28,7 +28,7 @@ from forge_sdk.experts import ExpertModel
 from forge_sdk.plugins import collect
 from forge_sdk.tools import ToolParser
 
-__all__ = ["Gateway", "UsageListener"]
+__all__ = ["Gateway", "UsageListener", "adapter_experts"]
 
 T = TypeVar("T")
 log = structlog.get_logger("forge_gateway")
@@ -37,6 +37,17 @@ _FALLBACK_WHY = {ExpertUnavailableError: "cooldown", UpstreamTimeoutError: "time
 
 UsageListener = Callable[[Target, int, int, str], None]
 """Called after each request with (target, prompt_tokens, completion_tokens, engine name)."""
+
+
+def _plugin_experts(pm: pluggy.PluginManager) -> list[ExpertModel]:
+    return list(collect(pm, "register_experts", key=lambda e: e.name).values())
+
+
+def adapter_experts(config: GatewayConfig, pm: pluggy.PluginManager) -> list[str]:
+    """The adapter experts registered now (plugins and registry file): what decides
+    ``[engine] enable_lora = "auto"`` at start."""
+    catalog = ExpertCatalog(config.model_name, _plugin_experts(pm), config.registry, lora_enabled=False)
+    return sorted(name for name, expert in catalog.experts.items() if expert.kind == "adapter")
 
 
 class Gateway:
@@ -56,10 +67,9 @@ class Gateway:
         self.startup_error: BaseException | None = None
         """What made :meth:`start` fail, for the CLI to report as one line."""
         self.usage_listeners: list[UsageListener] = []
-        plugin_experts = list(collect(pm, "register_experts", key=lambda e: e.name).values())
         self.catalog = ExpertCatalog(
             config.model_name,
-            plugin_experts,
+            _plugin_experts(pm),
             config.registry,
             lora_enabled=engine.supports_lora,
             default_expert=config.router.default_expert,

@@ -64,6 +64,8 @@ def vllm_gateway(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     log = root / "gateway.log"
     env = {"FORGE_ENGINE_DTYPE": "float32", "FORGE_AUTH_DB_PATH": str(root / "auth.db")}
     args = ["--model", str(tiny_model_dir), "--served-model-name", "tiny", "--engine", "vllm"]
-    args += ["--max-model-len", "512", "--registry", str(registry)]
+    # --enable-lora: adapters are registered while it runs (the default only turns LoRA on for
+    # adapters registered at start).
+    args += ["--max-model-len", "512", "--registry", str(registry), "--enable-lora"]
     with GatewayProcess(args, env=env, log_path=log) as process:
         yield ServedGateway(process, registry, log)

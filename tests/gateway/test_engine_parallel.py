@@ -135,6 +135,7 @@ async def test_settings_reach_the_vllm_engine(tiny_model_dir: Path) -> None:
                 "enable_prefix_caching": False,
                 "max_model_len": 256,
                 "enable_lora": False,
+                "enforce_eager": True,
             },
         },
     )
@@ -145,6 +146,7 @@ async def test_settings_reach_the_vllm_engine(tiny_model_dir: Path) -> None:
         assert vllm_config.scheduler_config.max_num_seqs == 3
         assert vllm_config.cache_config.enable_prefix_caching is False
         assert vllm_config.parallel_config.tensor_parallel_size == 1
+        assert vllm_config.model_config.enforce_eager is True
     finally:
         await engine.stop()
 

