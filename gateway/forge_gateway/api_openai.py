@@ -23,7 +23,7 @@ from forge_gateway.oai.completion import serve_completion
 from forge_gateway.oai.decoding import query_text, request_decoder
 from forge_gateway.routing import AUTO, RESOLVED_TARGET, Target, route_headers
 from forge_gateway.security import admit, authorize, estimate_remote_tokens
-from forge_gateway.security.context import caller_is_admin, caller_may_use
+from forge_gateway.security.context import caller_allow_list, caller_is_admin, caller_may_use
 from forge_gateway.security.policy import generation
 from forge_gateway.state import Gateway
 from forge_sdk.types import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
@@ -51,7 +51,7 @@ async def resolve_target(
     resolved = request.scope.get("state", {}).get(RESOLVED_TARGET)
     if resolved is not None and resolved[0] == model:
         return resolved[1]  # type: ignore[no-any-return]
-    return await gateway.catalog.aresolve(model, query)
+    return await gateway.catalog.aresolve(model, query, caller_allow_list())
 
 
 @get("/v1/models", sync_to_thread=False)

@@ -16,7 +16,7 @@ from forge_gateway.api_openai import decode_body
 from forge_gateway.generation import check_request_limits, plan_generation, run_to_completion
 from forge_gateway.routing import Target, route_headers
 from forge_gateway.security import admit, authorize, estimate_remote_tokens
-from forge_gateway.security.context import caller_is_admin, caller_may_use
+from forge_gateway.security.context import caller_allow_list, caller_is_admin, caller_may_use
 from forge_gateway.security.policy import PUBLIC, generation
 from forge_gateway.state import Gateway
 from forge_sdk.errors import ExpertUnavailableError, InvalidRequestError, UpstreamError
@@ -116,7 +116,7 @@ async def route(gateway: Gateway, text: Annotated[str, Parameter(query="query")]
     # ``query`` is a reserved handler kwarg in Litestar, hence the alias.
     if not text.strip():
         raise InvalidRequestError("query must not be empty", param="query")
-    target = await gateway.catalog.aroute(text)
+    target = await gateway.catalog.aroute(text, caller_allow_list())
     classifier = gateway.catalog.classifier
     endpoint = target.expert.endpoint if target.expert and target.expert.endpoint else "local"
     if endpoint != "local" and not caller_is_admin():
@@ -183,7 +183,7 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
         if req.prompt is not None
         else next((m["content"] for m in reversed(messages or []) if m["role"] == "user"), "")
     )
-    target = await gateway.catalog.aresolve(req.expert or "auto", lambda: text)
+    target = await gateway.catalog.aresolve(req.expert or "auto", lambda: text, caller_allow_list())
     if target.expert is not None and target.expert.kind == "remote":
         chat = messages or [{"role": "user", "content": text}]
         check_request_limits(gateway.config.limits, messages=len(chat), max_tokens=req.max_tokens)

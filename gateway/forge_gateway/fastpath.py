@@ -27,6 +27,7 @@ import structlog
 from forge_gateway.generation import check_request_limits
 from forge_gateway.oai.decoding import query_text, request_decoder
 from forge_gateway.routing import RESOLVED_TARGET, Target
+from forge_gateway.security.context import caller_allow_list
 from forge_gateway.security.policy import POLICY_SCOPE_KEY
 from forge_gateway.state import Gateway
 from forge_gateway.upstream import with_model
@@ -102,7 +103,9 @@ class RemoteFastPath:
             return
         try:
             request = self._decoders[upstream_path].decode(body)
-            target = await self.gateway.catalog.aresolve(request.model, lambda: query_text(request))
+            target = await self.gateway.catalog.aresolve(
+                request.model, lambda: query_text(request), caller_allow_list()
+            )
         except (msgspec.DecodeError, LargeForgeAIError):
             target = None  # Litestar renders the error
         if target is None or target.expert is None or target.expert.kind != "remote":

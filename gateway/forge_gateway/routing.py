@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -221,12 +221,13 @@ class ExpertCatalog:
 
     # --- resolution ------------------------------------------------------------------------
 
-    def resolve(self, model: str, query: Callable[[], str]) -> Target:
+    def resolve(self, model: str, query: Callable[[], str], allowed: Collection[str] | None = None) -> Target:
         """Map a request's ``model`` to a target.
 
         Args:
             model: the request's ``model`` field.
             query: returns the text to classify (called only for ``auto``).
+            allowed: the caller's allow list (None: everything); ``auto`` keeps to it, see :meth:`route`.
 
         Raises:
             ModelNotFoundError: ``model`` names nothing served here.
@@ -243,26 +244,45 @@ class ExpertCatalog:
                 )
             return Target(model, expert, "requested", lora=self.lora_for(expert))
         if model == AUTO:
-            return self.route(query())
+            return self.route(query(), allowed)
         raise ModelNotFoundError(
             f"The model `{model}` does not exist. Served: {', '.join(self.model_names())}", param="model"
         )
 
-    async def aresolve(self, model: str, query: Callable[[], str]) -> Target:
+    async def aresolve(
+        self, model: str, query: Callable[[], str], allowed: Collection[str] | None = None
+    ) -> Target:
         """:meth:`resolve` for the event loop: a heavy classifier runs in a worker thread."""
         if model == AUTO and self.classifier is not None and self.classifier.heavy:
-            return await anyio.to_thread.run_sync(self.resolve, model, query)
-        return self.resolve(model, query)
+            return await anyio.to_thread.run_sync(self.resolve, model, query, allowed)
+        return self.resolve(model, query, allowed)
 
-    async def aroute(self, text: str) -> Target:
+    async def aroute(self, text: str, allowed: Collection[str] | None = None) -> Target:
         """:meth:`route` for the event loop (heavy classifiers and long texts go to a thread)."""
         heavy = self.classifier is not None and self.classifier.heavy
         if heavy or len(text) > 4096:
-            return await anyio.to_thread.run_sync(self.route, text)
-        return self.route(text)
+            return await anyio.to_thread.run_sync(self.route, text, allowed)
+        return self.route(text, allowed)
 
-    def route(self, text: str) -> Target:
-        """Classify ``text`` and return the chosen expert (the base model when nothing can route)."""
+    def route(self, text: str, allowed: Collection[str] | None = None) -> Target:
+        """Classify ``text`` and return the chosen expert (the base model when nothing can route).
+
+        With an ``allowed`` list that does not name ``auto`` (a key limited to some experts), a
+        choice outside the list goes to the default expert, else the base model, when the list
+        names them; otherwise the choice stands and the caller's authorization refuses it.
+        """
+        target = self._route(text)
+        if allowed is None or AUTO in allowed or target.expert_name in allowed:
+            return target
+        default = self.experts.get(self.default_expert)
+        if default is not None and default.name in allowed and self.servable(default):
+            why = f"{target.reason}:not-allowed:{target.expert_name}"
+            return Target(default.name, default, why, target.confidence, self.lora_for(default))
+        if self.base_model_name in allowed:
+            return Target(self.base_model_name, None, f"{target.reason}:not-allowed:{target.expert_name}")
+        return target
+
+    def _route(self, text: str) -> Target:
         if self.classifier is None or not self.experts:
             return Target(self.base_model_name, None, "router:none", 1.0)
         decision = self.classifier.classify_with_confidence(text)

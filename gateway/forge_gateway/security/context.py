@@ -17,7 +17,14 @@ if TYPE_CHECKING:
     from forge_gateway.config import GatewayConfig
     from forge_gateway.routing import Target
 
-__all__ = ["Gatekeeper", "RequestContext", "caller_is_admin", "caller_may_use", "current_request"]
+__all__ = [
+    "Gatekeeper",
+    "RequestContext",
+    "caller_allow_list",
+    "caller_is_admin",
+    "caller_may_use",
+    "current_request",
+]
 
 
 class Gatekeeper(Protocol):
@@ -78,6 +85,14 @@ def caller_is_admin() -> bool:
     """Whether the request in flight may see operator details (endpoints, paths, errors)."""
     ctx = current_request.get()
     return ctx is not None and ctx.admin
+
+
+def caller_allow_list() -> frozenset[str] | None:
+    """The request in flight's model allow list; None when it has none (or no key: open mode)."""
+    ctx = current_request.get()
+    if ctx is None or ctx.key is None or ctx.key.models is None:
+        return None
+    return frozenset(ctx.key.models)
 
 
 def caller_may_use(name: str) -> bool:
