@@ -107,6 +107,51 @@ def _run_load(urls: list[str], key: str, conns: int, duration: float, workdir: P
     }
 
 
+def _revocation_under_load(urls: list[str], key: str, admin_key: str, workdir: Path) -> float:
+    """Milliseconds from a revoke through replica 1 until replica 2 refuses the key, with wrk
+    loading both replicas with that key meanwhile."""
+    import httpx
+
+    from forge_gateway.security.keys import parse_key
+
+    key_id = parse_key(key)[0]  # type: ignore[index]
+    chat = {"json": _REQUEST, "headers": {"Authorization": f"Bearer {key}"}, "timeout": 30}
+    deadline = time.monotonic() + 10
+    while httpx.post(urls[1] + "/v1/chat/completions", **chat).status_code != 200:  # type: ignore[arg-type]
+        if time.monotonic() > deadline:
+            raise SystemExit("replica 2 never accepted the new key")
+        time.sleep(0.1)
+    procs = [_wrk_start(url, key, 8, 4, workdir) for url in urls]
+    time.sleep(1)
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    started = time.monotonic()
+    if httpx.delete(f"{urls[0]}/admin/keys/{key_id}", headers=admin, timeout=30).status_code != 200:
+        raise SystemExit("revoke failed")
+    while httpx.post(urls[1] + "/v1/chat/completions", **chat).status_code != 401:  # type: ignore[arg-type]
+        if time.monotonic() - started > 30:
+            raise SystemExit("replica 2 still accepts a key revoked 30 s ago")
+        time.sleep(0.01)
+    elapsed = (time.monotonic() - started) * 1e3
+    for proc in procs:
+        _wrk_result(proc)
+    return elapsed
+
+
+def _ledger(urls: list[str], admin_key: str, keys: dict[str, str]) -> dict[str, int]:
+    """Requests per named key in the shared usage table, after every replica flushed."""
+    import httpx
+
+    from forge_gateway.security.keys import parse_key
+
+    admin = {"Authorization": f"Bearer {admin_key}"}
+    time.sleep(1)  # requests wrk abandoned at the end of a run finish and are counted
+    rows: list[dict] = []
+    for url in urls:  # /admin/usage flushes that replica's pending counts before reading
+        rows = httpx.get(url + "/admin/usage", headers=admin, timeout=30).json()["data"]
+    ids = {parse_key(key)[0]: name for name, key in keys.items()}  # type: ignore[index]
+    return {name: sum(r["requests"] for r in rows if ids.get(r["key_id"]) == name) for name in keys}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
@@ -152,6 +197,7 @@ def main() -> None:
                 )
             )
             fast_key = pg.create_key(pg.url, "bench")
+            admin_key = pg.create_key(pg.url, "ops", admin=True)
             gw_env = {
                 **env,
                 "FORGE_AUTH_DATABASE_URL": pg.url,
@@ -182,17 +228,23 @@ def main() -> None:
                 )
                 if check.status_code != 200:
                     raise SystemExit(f"{url}: {check.status_code} {check.text}")
-            _run_load(urls, fast_key, 8, 1, workdir)  # warm-up: connections, key caches
+            fast_served = len(urls) + _run_load(urls, fast_key, 8, 1, workdir)["admitted"]  # warm-up
             best: dict[str, dict] = {}
             for _ in range(args.repeat):
                 for name, targets in (("1 replica", urls[:1]), ("2 replicas", urls)):
                     result = _run_load(targets, fast_key, args.conns, args.duration, workdir)
+                    fast_served += result["admitted"]
                     if name not in best or result["ok_rps"] > best[name]["ok_rps"]:
                         best[name] = result
             # Shared limit: a fresh key with --rpm, hammered through both replicas at once.
             limited = pg.create_key(pg.url, "limited", rpm=args.rpm)
             time.sleep(1.5)  # both replicas' refresh loops pick the new key up
             limit_run = _run_load(urls, limited, args.conns, args.duration, workdir)
+            revoke_ms = sorted(
+                _revocation_under_load(urls, pg.create_key(pg.url, f"doomed-{i}"), admin_key, workdir)
+                for i in range(3)
+            )
+            ledger = _ledger(urls, admin_key, {"bench": fast_key, "limited": limited})
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -213,6 +265,15 @@ def main() -> None:
         print(f"{name:<12}{r['ok_rps']:>9.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['errors']:>8}")
     ratio = best["2 replicas"]["ok_rps"] / best["1 replica"]["ok_rps"]
     print(f"2 replicas / 1 replica throughput: {ratio:.2f}x")
+    print(
+        f"usage ledger (PostgreSQL, both replicas' flushes summed): bench key {ledger['bench']} requests "
+        f"recorded vs {fast_served} answered 2xx to wrk (+{ledger['bench'] - fast_served}: wrk drops what is "
+        f"in flight when a run ends, up to {args.conns} a run); limited key {ledger['limited']} vs {limit_run['admitted']}"
+    )
+    print(
+        f"revocation through replica 1 refused by replica 2 after {' / '.join(f'{ms:.0f}' for ms in revoke_ms)} ms "
+        "(3 tries, both replicas under wrk load; auth.refresh_interval 1 s)"
+    )
     allowed = args.rpm + args.rpm * limit_run["seconds"] / 60
     print(
         f"shared limit: rpm {args.rpm}, {limit_run['seconds']:.1f} s through both replicas: "

@@ -167,7 +167,7 @@ class PostgresKeyStore:
             cur = await conn.execute("SELECT MAX(version) FROM forge_schema_migrations")
             return int((await _one(cur))[0])
 
-        return await self._pool.call(work)
+        return await self._pool.call(work, transaction=False)
 
     # --- keys -----------------------------------------------------------------------------------
 
@@ -208,14 +208,14 @@ class PostgresKeyStore:
         async def work(conn: AsyncConnection[Any]) -> list[Any]:
             return await (await conn.execute(query + " ORDER BY created_at")).fetchall()
 
-        return [row_to_key(r) for r in await self._pool.call(work)]
+        return [row_to_key(r) for r in await self._pool.call(work, transaction=False)]
 
     async def version(self) -> int:
         async def work(conn: AsyncConnection[Any]) -> int:
             cur = await conn.execute("SELECT value FROM forge_meta WHERE name = 'keys_version'")
             return int((await _one(cur))[0])
 
-        return await self._pool.call(work)
+        return await self._pool.call(work, transaction=False)
 
     # --- usage ledger ---------------------------------------------------------------------------
 
@@ -249,7 +249,10 @@ class PostgresKeyStore:
         async def work(conn: AsyncConnection[Any]) -> list[Any]:
             return await (await conn.execute(query + " ORDER BY day, key_id", args)).fetchall()
 
-        return [UsageRow(r[0], r[1], int(r[2]), int(r[3]), int(r[4])) for r in await self._pool.call(work)]
+        return [
+            UsageRow(r[0], r[1], int(r[2]), int(r[3]), int(r[4]))
+            for r in await self._pool.call(work, transaction=False)
+        ]
 
 
 _BUMP_VERSION = "UPDATE forge_meta SET value = value + 1 WHERE name = 'keys_version'"

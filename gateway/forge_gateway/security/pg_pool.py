@@ -45,7 +45,7 @@ class BoundedPool:
         size: most connections held.
         timeout: seconds a call may take, waiting for a connection included; also the connect
             and server-side statement timeouts.
-        prepare: awaited on the connection before each call's transaction (schema migrations).
+        prepare: awaited on the connection before each call's work (schema migrations).
     """
 
     def __init__(
@@ -77,6 +77,8 @@ class BoundedPool:
             # the next call then starts a fresh attempt, so recovery never waits on a long backoff.
             reconnect_timeout=max(3 * timeout, 3.0),
             kwargs={
+                # Reads need no BEGIN/COMMIT round trips, and the pool's check is a single one.
+                "autocommit": True,
                 # libpq counts whole seconds, at least 2 (the call's own bound is ``timeout``).
                 "connect_timeout": max(2, round(timeout)),
                 "options": f"-c statement_timeout={int(timeout * 1000)}",
@@ -105,14 +107,17 @@ class BoundedPool:
             headers={"Retry-After": "1"},
         )
 
-    async def call(self, work: Work[_T]) -> _T:
-        """``work(conn)`` in one transaction on a pooled connection, within ``timeout`` seconds.
+    async def call(self, work: Work[_T], *, transaction: bool = True) -> _T:
+        """``work(conn)`` on a pooled connection, within ``timeout`` seconds.
+
+        Connections are in autocommit mode: a single read (``transaction=False``) costs one
+        round trip; ``transaction=True`` wraps ``work`` in BEGIN ... COMMIT.
 
         Raises:
             OverloadedError: ``key_store_unavailable`` (unreachable, or no answer in time).
             InvalidRequestError: a value PostgreSQL refuses (a NUL byte in text).
         """
-        task = asyncio.create_task(self._transaction(work), name="forge-keys-call")
+        task = asyncio.create_task(self._run(work, transaction), name="forge-keys-call")
         try:
             done, _ = await asyncio.wait({task}, timeout=self._timeout)
         except asyncio.CancelledError:
@@ -158,7 +163,7 @@ class BoundedPool:
         self._hold(conn)
         await AsyncConnectionPool.check_connection(conn)
 
-    async def _transaction(self, work: Work[_T]) -> _T:
+    async def _run(self, work: Work[_T], transaction: bool) -> _T:
         import psycopg
         from psycopg_pool import PoolTimeout
 
@@ -166,6 +171,8 @@ class BoundedPool:
             async with self._pool.connection() as conn:
                 self._hold(conn)
                 await self._prepare(conn)
+                if not transaction:
+                    return await work(conn)
                 async with conn.transaction():
                     return await work(conn)
         except psycopg.DataError as exc:  # e.g. a NUL byte in a name or id: text PostgreSQL refuses
