@@ -22,7 +22,7 @@ def _args(method: type, argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-SMALL = ["--domain-docs", "0", "--generated", "0"]
+SMALL = ["--domain-docs", "0", "--generated", "0", "--practical", "0"]
 """Recipe flags that keep a test's training to seconds (the full recipe takes minutes)."""
 
 

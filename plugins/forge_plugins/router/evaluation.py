@@ -10,7 +10,19 @@ from typing import Any
 
 from forge_plugins.router.data import LabelledQuery
 
-__all__ = ["evaluate", "latency", "leave_one_source_out", "percentile", "source_group", "tune_calibration"]
+__all__ = [
+    "evaluate",
+    "latency",
+    "leave_one_source_out",
+    "macro_f1",
+    "percentile",
+    "source_group",
+    "tune_calibration",
+    "tune_threshold",
+]
+
+THRESHOLDS = tuple(round(0.02 * i, 2) for i in range(46))
+"""Abstain thresholds tried (0.0 to 0.9)."""
 
 
 def source_group(source: str) -> str:
@@ -141,7 +153,12 @@ def leave_one_source_out(
         pairs = [] if "codealpaca" in group else full.code_pairs
         fold = dataclasses.replace(full, records=train, code_pairs=pairs)
         tfidf = train_router(
-            train, filler=fold.filler, code_pairs=pairs, extra=fold.extra, augment=recipe.augment, c=recipe.c
+            train,
+            filler=fold.filler,
+            code_pairs=pairs,
+            extra=fold.tfidf_extra,
+            augment=recipe.augment,
+            c=recipe.c,
         )
         log_t = np.log(np.array([[tfidf.predict_proba(q)[lab] for lab in labels] for q, _ in held]) + 1e-12)
         result: dict[str, Any] = {"gold": [label for _, label in held], "tfidf": log_t.tolist()}
@@ -160,6 +177,45 @@ def leave_one_source_out(
         if log is not None:
             log(f"held out {group}: {len(held)} rows")
     return out
+
+
+def macro_f1(pred: Any, gold: Any, n_labels: int) -> float:
+    """Macro-F1 of label indices ``pred`` against ``gold`` (numpy arrays), over the gold labels."""
+    scores = []
+    for k in range(n_labels):
+        tp = float(((pred == k) & (gold == k)).sum())
+        fp = float(((pred == k) & (gold != k)).sum())
+        fn = float(((pred != k) & (gold == k)).sum())
+        if tp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def tune_threshold(
+    sets: dict[str, tuple[Any, Any]], n_labels: int, fallback: int
+) -> tuple[float, dict[str, dict[float, float]]]:
+    """The abstain threshold that maximises the mean macro-F1 over several proxy sets.
+
+    Each set (``name -> (probabilities, gold label indices)``) counts the same, whatever its size,
+    so a large held-out-source pool does not drown a small hand-written set. A query below the
+    threshold counts as a guess of ``fallback`` (the default expert's label). Ties go to the
+    smaller threshold: abstaining must earn its place.
+
+    Returns:
+        The threshold and, per set, macro-F1 at every threshold of :data:`THRESHOLDS`.
+    """
+    import numpy as np
+
+    table: dict[str, dict[float, float]] = {}
+    for name, (probs, gold) in sets.items():
+        p = np.asarray(probs)
+        pred, conf = p.argmax(1), p.max(1)
+        table[name] = {
+            th: round(macro_f1(np.where(conf < th, fallback, pred), np.asarray(gold), n_labels), 4)
+            for th in THRESHOLDS
+        }
+    best = max(THRESHOLDS, key=lambda th: (sum(t[th] for t in table.values()), -th))
+    return best, table
 
 
 def tune_calibration(
@@ -190,14 +246,7 @@ def tune_calibration(
     fallback = labels.index(abstain_label) if abstain_label in labels else 0
 
     def macro(pred: np.ndarray) -> float:
-        scores = []
-        for k in range(len(labels)):
-            tp = float(((pred == k) & (gold == k)).sum())
-            fp = float(((pred == k) & (gold != k)).sum())
-            fn = float(((pred != k) & (gold == k)).sum())
-            if tp + fn:
-                scores.append(2 * tp / (2 * tp + fp + fn) if tp else 0.0)
-        return sum(scores) / len(scores)
+        return macro_f1(pred, gold, len(labels))
 
     result: dict[str, Any] = {"temperature": {}, "abstain": {}, "scores": {}}
     weights = (
@@ -215,8 +264,7 @@ def tune_calibration(
         temp = float(temps[int(np.argmin(nll))])
         probs = combine(log_t, lg, w, temp)
         pred, conf = probs.argmax(1), probs.max(1)
-        grid = [round(x, 2) for x in np.linspace(0.0, 0.9, 46)]
-        threshold = max(grid, key=lambda th: (macro(np.where(conf < th, fallback, pred)), -th))
+        threshold = max(THRESHOLDS, key=lambda th: (macro(np.where(conf < th, fallback, pred)), -th))
         # Expected calibration error over 10 confidence bins: how far confidence is from accuracy.
         bins = np.minimum((conf * 10).astype(int), 9)
         ece = sum(

@@ -74,20 +74,19 @@ class RouterTrainMethod(TrainingMethod):
         parser.add_argument(
             "--chat-prompts-n", type=int, default=r.chat_prompts_n, help="how many turns to sample"
         )
-        parser.add_argument(
-            "--domain-docs",
-            type=int,
-            default=r.domain_docs,
-            metavar="N",
-            help=f"math (SymPy) and code (stdlib) documentation paragraphs per label (default: {r.domain_docs})",
-        )
-        parser.add_argument(
-            "--generated",
-            type=int,
-            default=r.generated,
-            metavar="N",
-            help=f"generated queries per class in under-covered styles (default: {r.generated})",
-        )
+        for flag, what in (
+            ("domain_docs", "math (SymPy) and code (stdlib) documentation paragraphs per label"),
+            ("generated", "generated queries per class in under-covered styles"),
+            ("practical", "generated everyday requests without domain keywords per class"),
+        ):
+            default = getattr(r, flag)
+            parser.add_argument(
+                "--" + flag.replace("_", "-"),
+                type=int,
+                default=default,
+                metavar="N",
+                help=f"{what} (default: {default})",
+            )
         parser.add_argument(
             "--no-encoder", action="store_true", help="tf-idf model only (seconds instead of minutes)"
         )
@@ -123,7 +122,7 @@ class RouterTrainMethod(TrainingMethod):
                 raise ConfigurationError(
                     f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}"
                 )
-        for flag in ("domain_docs", "generated"):
+        for flag in ("domain_docs", "generated", "practical"):
             if getattr(args, flag) < 0:
                 raise ConfigurationError(
                     f"--{flag.replace('_', '-')} must be >= 0, got {getattr(args, flag)}"
@@ -138,6 +137,7 @@ class RouterTrainMethod(TrainingMethod):
             chat_prompts_label=args.chat_prompts_label,
             domain_docs=args.domain_docs,
             generated=args.generated,
+            practical=args.practical,
             extra=list(args.extra),
             epochs=args.epochs,
             encoder_examples=args.encoder_examples,
