@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,8 +75,10 @@ class Row:
 
 
 def engine_env(threads: int) -> dict[str, str]:
+    # Each server with its own defaults: no eager mode inherited from a test environment.
+    env = {k: v for k, v in os.environ.items() if k != "FORGE_ENGINE_ENFORCE_EAGER"}
     return {
-        **os.environ,
+        **env,
         "VLLM_CPU_KVCACHE_SPACE": "1",
         "OMP_NUM_THREADS": str(threads),
         "TOKENIZERS_PARALLELISM": "false",
@@ -85,31 +87,51 @@ def engine_env(threads: int) -> dict[str, str]:
 
 
 @contextmanager
-def server(cmd: list[str], port: int, env: dict[str, str], cwd: str, log: Path) -> Iterator[str]:
-    """Run ``cmd`` until ``GET /v1/models`` answers 200; yield its base URL; stop it (SIGINT, then kill)."""
-    url = f"http://127.0.0.1:{port}"
+def servers(
+    cmds: dict[str, list[str]], env: dict[str, str], cwd: str, logs: Path
+) -> Iterator[dict[str, str]]:
+    """Start every command at once (start-up is mostly single-threaded compile and load), wait until
+    each answers ``GET /v1/models``; yield ``{label: base URL}``; stop them (SIGINT, then kill)."""
+    procs: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
     t0 = time.perf_counter()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise SystemExit(f"server exited with {proc.returncode}: {' '.join(cmd)}\n{tail}")
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
+        for label, cmd in cmds.items():
+            port = free_port()
+            log = logs / f"{label}.log"
+            with open(log, "wb") as out:
+                proc = subprocess.Popen(
+                    [*cmd, "--port", str(port)], env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT
+                )
+            procs[label] = (proc, f"http://127.0.0.1:{port}", log)
+        deadline = time.monotonic() + 900
+        waiting = set(procs)
+        while waiting:
+            for label in sorted(waiting):
+                proc, url, log = procs[label]
+                if proc.poll() is not None:
+                    tail = log.read_text(errors="replace")[-3000:]
+                    raise SystemExit(
+                        f"{label} exited with {proc.returncode}: {' '.join(cmds[label])}\n{tail}"
+                    )
+                try:
+                    if httpx.get(f"{url}/v1/models", timeout=2).status_code == 200:
+                        waiting.discard(label)
+                        print(
+                            f"#   {label} ready in {time.perf_counter() - t0:.0f} s",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+                except httpx.HTTPError:
+                    pass
             if time.monotonic() > deadline:
-                raise SystemExit(f"server did not start in 600 s: {' '.join(cmd)}")
+                raise SystemExit(f"not ready in 900 s: {', '.join(sorted(waiting))}")
             time.sleep(0.5)
-        print(f"#   ready in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-        yield url
+        yield {label: url for label, (_, url, _) in procs.items()}
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+        for proc, _, _ in procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGINT)
+        for proc, _, _ in procs.values():
             try:
                 proc.wait(60)
             except subprocess.TimeoutExpired:
@@ -311,18 +333,11 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
 
 
 def run_group(args: argparse.Namespace, group: Group, work: Path) -> None:
-    """Start the group's servers one after the other, then drive them in turn, level by level."""
+    """Start the group's servers side by side, then drive them in turn, level by level."""
     by_name = {row.name: row for row in group.rows}
     env = engine_env(args.threads)
-    with ExitStack() as stack:
-        urls = {}
-        for setup in group.setups:
-            port = free_port()
-            print(f"# starting {setup.label}", file=sys.stderr, flush=True)
-            log = work / f"{setup.label}.log"
-            urls[setup.label] = stack.enter_context(
-                server([*setup.cmd, "--port", str(port)], port, env, str(work), log)
-            )
+    print(f"# starting {', '.join(setup.label for setup in group.setups)}", file=sys.stderr, flush=True)
+    with servers({setup.label: setup.cmd for setup in group.setups}, env, str(work), work) as urls:
         for rnd in range(args.rounds):
             for conc in group.levels:
                 # A,B then B,A: neither side always goes first.
@@ -387,7 +402,9 @@ def main() -> int:
     print(f"# load before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="bench-vs-vllm-") as tmp:
         work = Path(tmp)
+        done = []
         for group in groups(args, work):
+            done.append(group)
             run_group(args, group, work)
             print(
                 f"\nmodel {Path(args.model).name}; {args.requests} requests x {args.max_tokens} tokens "
@@ -397,6 +414,13 @@ def main() -> int:
                 f"ratios: median over rounds of row / reference row; load avg now {os.getloadavg()[0]:.2f}"
             )
             print_table(group.title, group.rows, group.levels)
+        if len(done) > 1:  # the issue's table: every row, each against its group's reference
+            levels = sorted({c for group in done for c in group.levels})
+            print_table(
+                "All servers (ratios: to the first row of the row's group)",
+                [r for g in done for r in g.rows],
+                levels,
+            )
         if "transformers" in args.sections:
             from tests.performance.bench_vs_transformers import run_transformers_section
 
