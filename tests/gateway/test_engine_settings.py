@@ -109,6 +109,24 @@ def test_vllm_cpu_compiles_only_without_lora(tiny_model_dir: Path, lora: bool) -
 
 
 @pytest.mark.vllm
+def test_cpu_without_a_compiler_runs_eagerly(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """vLLM's CPU compile needs a C++ compiler; without one the engine says so and runs eagerly."""
+    pytest.importorskip("vllm")
+    from vllm.platforms import current_platform
+
+    from forge_gateway.engines.vllm_engine import VLLMEngine
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM's CPU platform only")
+    monkeypatch.setenv("CXX", str(tiny_model_dir / "no-such-c++"))
+    assert VLLMEngine(str(tiny_model_dir)).eager_setting() is True
+    assert VLLMEngine(str(tiny_model_dir), enforce_eager=False).eager_setting() is False  # asked for
+    assert VLLMEngine(str(tiny_model_dir), enable_lora=True).eager_setting() is None  # eager anyway
+    monkeypatch.setenv("CXX", sys.executable)  # an executable that exists
+    assert VLLMEngine(str(tiny_model_dir)).eager_setting() is None  # vLLM's default: compiled
+
+
+@pytest.mark.vllm
 @pytest.mark.slow
 async def test_a_compiled_engine_gives_transformers_greedy_tokens(tiny_model_dir: Path) -> None:
     """vLLM's default (compiled) through our engine, float32: the greedy tokens of transformers."""

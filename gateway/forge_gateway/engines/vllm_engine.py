@@ -28,6 +28,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, check_request, constraint_error
 from forge_gateway.engines.base import (
     LOGPROB_FLOOR,
@@ -51,6 +53,8 @@ from forge_sdk.errors import (
 )
 
 __all__ = ["VLLMEngine", "vllm_available"]
+
+log = structlog.get_logger("forge_gateway")
 
 
 def vllm_available() -> bool:
@@ -217,8 +221,9 @@ class VLLMEngine(HFTokenizerEngine):
             gpu_memory_utilization=self._gpu_mem,
             enable_lora=self._enable_lora,
         )
-        if self._enforce_eager is not None:  # else vLLM's default: compiled (1.4x faster on CPU)
-            kwargs["enforce_eager"] = self._enforce_eager
+        eager = self.eager_setting()
+        if eager is not None:  # else vLLM's default: compiled (1.4x faster on CPU)
+            kwargs["enforce_eager"] = eager
         if self._enable_lora:
             kwargs.update(max_loras=self._max_loras + extra_slot, max_lora_rank=self._max_lora_rank)
         if self._wants_cpu_lora_fix():
@@ -237,6 +242,21 @@ class VLLMEngine(HFTokenizerEngine):
             raise InvalidRequestError(f"bad vLLM engine option: {exc}") from exc
         except Exception as exc:
             raise ModelError(self._load_failure(exc)) from exc
+
+    def eager_setting(self) -> bool | None:
+        """The ``enforce_eager`` given to vLLM: the caller's, else None (vLLM's default, compiled),
+        except on CPU without a C++ compiler, where vLLM's compile (inductor builds C++ kernels)
+        would kill the engine at start: eager then, with a warning."""
+        if self._enforce_eager is not None:
+            return self._enforce_eager
+        from vllm.platforms import current_platform
+
+        if current_platform.is_cpu() and not self._enable_lora:
+            compiler = os.environ.get("CXX") or "g++"  # what torch inductor looks for
+            if shutil.which(compiler) is None:
+                log.warning("vllm_eager_without_compiler", compiler=compiler, hint="install g++ to compile")
+                return True
+        return None
 
     def _check_quantization(self) -> None:
         if self._quantization is None:
