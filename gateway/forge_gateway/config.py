@@ -167,7 +167,8 @@ class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Seconds one PostgreSQL call may take, waiting for a pooled connection included, before the
     store counts as down (keyed requests then get 503 ``key_store_unavailable`` until it answers
     again). Enforced by the gateway itself, so it holds even when the server stops answering
-    without closing the connection; also the connect and server-side statement timeouts."""
+    without closing the connection; also the connect timeout, and half the server-side
+    ``statement_timeout``."""
     allow_open: bool = False
     """Serve without keys even on a non-loopback address (admin routes stay closed there)."""
     public_metrics: bool = False

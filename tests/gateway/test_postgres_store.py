@@ -17,9 +17,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+import structlog
 
 from forge_gateway.security.keys import UsageRow, new_key
 from forge_gateway.security.keys_pg import SCHEMA_VERSION, PostgresKeyStore
+from forge_gateway.security.ledger import UsageLedger
 from forge_sdk.errors import ConfigurationError, InvalidRequestError, NotFoundError, OverloadedError
 from tests.services import PostgresServer, postgres_bin
 from tests.support import GatewayProcess
@@ -62,7 +64,7 @@ async def test_migrations_run_once_under_concurrency_and_refuse_a_newer_schema(p
 
         with psycopg.connect(url, autocommit=True) as conn:
             rows = conn.execute("SELECT version FROM forge_schema_migrations").fetchall()
-            assert [r[0] for r in rows] == [SCHEMA_VERSION]
+            assert sorted(r[0] for r in rows) == list(range(1, SCHEMA_VERSION + 1))  # each once
             conn.execute("INSERT INTO forge_schema_migrations (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
     finally:
         for store in stores:
@@ -108,6 +110,9 @@ async def test_store_behaviour_and_hostile_values(pg: PostgresServer) -> None:
             500,
         )
         assert (rows["k2"].requests, rows["k2"].prompt_tokens) == (200, 100)
+        for store in (a, b, a):  # one batch, written by three attempts: added once
+            await store.add_usage([UsageRow("k3", "2026-12-01", 1, 2, 3)], batch_id="batch-1")
+        assert [(r.requests, r.prompt_tokens) for r in await b.usage(key_id="k3")] == [(1, 2)]
     finally:
         await a.close()
         await b.close()
@@ -141,6 +146,7 @@ async def test_a_frozen_server_fails_calls_in_time_without_blocking_the_loop(pg:
     finally:
         pg.resume()
         tick.cancel()
+        await store.close()  # idempotent; here for a failed assertion above
     # Hang detectors, not benchmarks: a blocking driver stalls the loop for the whole wait, and
     # psycopg's own query cancellation waits up to 10 s for a server that never answers.
     assert elapsed < 3 and closed_in < 3, (elapsed, closed_in)
@@ -149,6 +155,43 @@ async def test_a_frozen_server_fails_calls_in_time_without_blocking_the_loop(pg:
     store = await _opened(url, timeout=5)
     try:
         assert await store.version() == 0  # the server answers again: so does a store
+    finally:
+        await store.close()
+
+
+async def test_a_flush_whose_commit_answer_is_lost_counts_once(pg: PostgresServer) -> None:
+    import psycopg
+
+    url = _database(pg, "forge_exactly_once")
+    store = await _opened(url, timeout=1)
+    try:
+        await store.version()  # tables
+        ledger = UsageLedger(store, flush_interval=3600)
+        ledger.record("k", 10, 5)
+        with psycopg.connect(url, autocommit=True) as admin, psycopg.connect(url) as holder:
+            # Fault injection: a commit-time trigger waiting on a lock held here, so the store's COMMIT
+            # reaches the server and its answer comes only after the client has given up.
+            admin.execute(
+                "CREATE FUNCTION stall() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NULL; END $$"
+            )
+            admin.execute(
+                "CREATE CONSTRAINT TRIGGER stall AFTER INSERT ON forge_usage_batches "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION stall()"
+            )
+            holder.execute("SELECT pg_advisory_xact_lock(4242)")
+            with structlog.testing.capture_logs() as logs:
+                await ledger.flush()  # 1 s: "no answer", but the COMMIT is on the server, waiting
+            assert [e["event"] for e in logs] == ["usage_flush_failed"]
+            holder.commit()  # the lock goes: the server commits the batch nobody heard about
+            admin.execute("DROP TRIGGER stall ON forge_usage_batches")  # waits for that commit
+            row = admin.execute("SELECT requests FROM forge_usage WHERE key_id = 'k'").fetchone()
+            assert row == (1,)  # written, though the flush failed
+        await ledger.flush()  # the retry: the same batch id, so nothing is added twice
+        assert [(r.requests, r.prompt_tokens) for r in await store.usage(key_id="k")] == [(1, 10)]
+        ledger.record("k", 1, 1)
+        await ledger.stop()  # later batches carry new ids and add up as usual
+        assert [(r.requests, r.prompt_tokens) for r in await store.usage(key_id="k")] == [(2, 11)]
     finally:
         await store.close()
 

@@ -68,6 +68,17 @@ _MIGRATIONS: tuple[tuple[int, str], ...] = (
         INSERT INTO forge_meta (name, value) VALUES ('keys_version', 0);
         """,
     ),
+    (
+        2,
+        # Usage batches already applied (ids kept two days): a retried flush is added once.
+        """
+        CREATE TABLE forge_usage_batches (
+            id TEXT PRIMARY KEY,
+            applied_at TIMESTAMPTZ NOT NULL DEFAULT now()
+        );
+        CREATE INDEX forge_usage_batches_applied_at ON forge_usage_batches (applied_at);
+        """,
+    ),
 )
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 """The schema version this code writes and reads."""
@@ -95,7 +106,7 @@ class PostgresKeyStore:
         url: ``postgresql://user:password@host:port/db``.
         pool_size: most connections held by this process.
         timeout: seconds any one call may take (waiting for a connection included) before the
-            store counts as unavailable; also the connect and server-side statement timeouts.
+            store counts as unavailable (see :class:`~forge_gateway.security.pg_pool.BoundedPool`).
 
     Raises:
         ConfigurationError: psycopg / psycopg-pool not installed, or a malformed URL.
@@ -219,12 +230,23 @@ class PostgresKeyStore:
 
     # --- usage ledger ---------------------------------------------------------------------------
 
-    async def add_usage(self, rows: Iterable[UsageRow]) -> bool:
+    async def add_usage(self, rows: Iterable[UsageRow], *, batch_id: str | None = None) -> bool:
         data = [(r.key_id, r.day, r.requests, r.prompt_tokens, r.completion_tokens) for r in rows]
         if not data:
             return True
 
         async def work(conn: AsyncConnection[Any]) -> None:
+            if batch_id is not None:
+                # A retry of a batch an earlier attempt committed (its answer was lost) finds its
+                # id here and adds nothing; a concurrent attempt waits on the row lock, then does.
+                cur = await conn.execute(
+                    "INSERT INTO forge_usage_batches (id) VALUES (%s) ON CONFLICT DO NOTHING", (batch_id,)
+                )
+                if not cur.rowcount:
+                    return
+                await conn.execute(
+                    "DELETE FROM forge_usage_batches WHERE applied_at < now() - interval '2 days'"
+                )
             async with conn.cursor() as cur:
                 await cur.executemany(
                     "INSERT INTO forge_usage (key_id, day, requests, prompt_tokens, completion_tokens) "

@@ -2,8 +2,9 @@
 
 Counting is a dict update on the event loop; a background task writes the accumulated batch to
 the (async) key store every ``flush_interval`` seconds, and :meth:`UsageLedger.stop` writes what is
-left, so usage accepted before a graceful shutdown is never lost. A batch whose write fails is
-merged back and retried on the next flush.
+left, so usage accepted before a graceful shutdown is never lost. Each batch carries a random id
+the store records with it; a batch whose write fails is retried under the same id, so a write
+whose outcome was unknown (a timeout while the server was committing) is applied exactly once.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import uuid
 from collections import defaultdict
 
 import structlog
@@ -44,6 +46,10 @@ class UsageLedger:
         self._pending: defaultdict[tuple[str, str], list[int]] = defaultdict(lambda: [0, 0, 0])
         self._task: asyncio.Task[None] | None = None
         self._flush_lock = asyncio.Lock()
+        self._unsent: tuple[str, list[UsageRow]] | None = None
+        """A batch whose write failed, with its id: retried as it is until it succeeds (new counts
+        wait in ``_pending``), so a write that failed on our side but committed on the server's
+        is recognised by its id and never counted twice."""
 
     def record(self, key_id: str | None, prompt_tokens: int, completion_tokens: int) -> None:
         """Count one request (cheap; no I/O)."""
@@ -53,22 +59,25 @@ class UsageLedger:
         counts[2] += completion_tokens
 
     async def flush(self) -> None:
-        """Write pending counts now."""
+        """Write pending counts now (the unsent batch first, as it was)."""
         async with self._flush_lock:
-            if not self._pending:
-                return
-            batch, self._pending = self._pending, defaultdict(lambda: [0, 0, 0])
-            rows = [UsageRow(k, d, *c) for (k, d), c in batch.items()]
-            try:
-                if not await self.store.add_usage(rows):
+            while True:
+                if self._unsent is None:
+                    if not self._pending:
+                        return
+                    batch, self._pending = self._pending, defaultdict(lambda: [0, 0, 0])
+                    rows = [UsageRow(k, d, *c) for (k, d), c in batch.items()]
+                    self._unsent = (uuid.uuid4().hex, rows)
+                batch_id, rows = self._unsent
+                try:
+                    written = await self.store.add_usage(rows, batch_id=batch_id)
+                except Exception as exc:  # kept, under the same id, for the next flush
+                    log.warning("usage_flush_failed", error=str(exc), rows=len(rows))
+                    return
+                self._unsent = None
+                if not written:
                     # No key store file (dev mode, never had keys): usage lives in metrics only.
                     log.debug("usage_not_persisted", rows=len(rows), reason="no key store file")
-            except Exception as exc:
-                for (key, day), counts in batch.items():
-                    merged = self._pending[(key, day)]
-                    for i in range(3):
-                        merged[i] += counts[i]
-                log.warning("usage_flush_failed", error=str(exc), rows=len(rows))
 
     async def start(self) -> None:
         if self._task is None:

@@ -44,7 +44,7 @@ class BoundedPool:
         location: the URL without its password, for error messages.
         size: most connections held.
         timeout: seconds a call may take, waiting for a connection included; also the connect
-            and server-side statement timeouts.
+            timeout, and half the server-side statement timeout.
         prepare: awaited on the connection before each call's work (schema migrations).
     """
 
@@ -81,7 +81,9 @@ class BoundedPool:
                 "autocommit": True,
                 # libpq counts whole seconds, at least 2 (the call's own bound is ``timeout``).
                 "connect_timeout": max(2, round(timeout)),
-                "options": f"-c statement_timeout={int(timeout * 1000)}",
+                # A backstop on the server for what the client gave up on; longer than the client's
+                # bound so a statement is never cut server-side while the client still waits.
+                "options": f"-c statement_timeout={int(timeout * 2000)}",
                 "application_name": "forge-gateway",
             },
             name="forge-keys",

@@ -54,8 +54,13 @@ class KeyBackend(Protocol):
     async def version(self) -> int:
         """A counter every create/revoke bumps, from any process (-1: no store yet)."""
 
-    async def add_usage(self, rows: Iterable[UsageRow]) -> bool:
-        """Add counts to the per-key per-day totals atomically; False when there is no store."""
+    async def add_usage(self, rows: Iterable[UsageRow], *, batch_id: str | None = None) -> bool:
+        """Add counts to the per-key per-day totals atomically; False when there is no store.
+
+        A ``batch_id`` seen before is skipped (the batch was applied by an earlier attempt whose
+        outcome the caller could not know). SQLite needs no ids: a local commit either happened
+        or raised.
+        """
 
     async def usage(
         self, *, key_id: str | None = None, since: str | None = None, until: str | None = None
@@ -107,7 +112,7 @@ class SQLiteBackend:
     async def version(self) -> int:
         return await anyio.to_thread.run_sync(self._db().version)
 
-    async def add_usage(self, rows: Iterable[UsageRow]) -> bool:
+    async def add_usage(self, rows: Iterable[UsageRow], *, batch_id: str | None = None) -> bool:
         return await anyio.to_thread.run_sync(self._db().add_usage, list(rows))
 
     async def usage(
