@@ -69,6 +69,9 @@ def main() -> int:
             "1024",
             "--registry",
             str(OUT / "experts.json"),
+            # Step 8 registers an adapter while the gateway runs: LoRA on from the start (by
+            # default it is on only when adapter experts exist at start).
+            "--enable-lora",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
