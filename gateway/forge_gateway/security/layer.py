@@ -166,10 +166,12 @@ class SecurityLayer:
             )
 
     async def stop(self) -> None:
-        await self.authenticator.stop()
-        await self.ledger.stop()
-        await self.backend.close()
-        await self.store.close()
+        try:
+            await self.authenticator.stop()
+            await self.ledger.stop()
+            await self.backend.close()
+        finally:  # an open pool left behind would stall the event loop's own shutdown
+            await self.store.close()
 
     def on_usage(self, target: Target, prompt_tokens: int, completion_tokens: int, engine: str) -> None:
         """Usage listener: ledger, token metrics, and the actual counts for TPM reconciliation."""
