@@ -275,12 +275,12 @@ _DEV_TASKS = (
     "read a setting with a default when it's missing", "post to the team chat when a build fails",
     "make my page load faster on slow connections", "let two apps talk to each other over a queue",
     "make the form remember what the user typed if the page reloads", "log every request with its duration",
-    "make the table on my site filterable", "stop my tests from depending on each other",
+    "let users filter the product list by price", "stop my tests from depending on each other",
     "split the monolith into smaller services", "make a command-line tool accept flags",
     "draw a chart from the numbers in my app", "handle time zones when storing meeting times",
 )  # fmt: skip
 _LIFE_TASKS = (
-    "get rid of fruit flies", "keep basil alive indoors", "learn to swim as an adult",
+    "get rid of fruit flies", "keep herbs alive on a windowsill", "learn to swim as an adult",
     "save for a house deposit", "stick to a study schedule", "remove rust from a bike chain",
     "meet people in a new city", "teach a puppy to stay", "pack a suitcase for two weeks",
     "keep a sourdough starter alive", "train for a half marathon", "lower my heating bill",
@@ -304,7 +304,7 @@ _MATH = (
     "a plan costs {s} a month plus 5 cents a minute, how many minutes for a bill of {n}?",
     "{k}/{k2} as a decimal?",
     "is {n} divisible by {k}?",
-    "a car loses {p}% of its value each year, what's a {n} car worth after {k} years?",
+    "my {n} laptop drops {p}% in resale value yearly, what will it fetch in {k} years?",
     "how many seconds are in {k} days?",
     "two numbers add up to {n} and differ by {k}, what are they?",
     "if {k} notebooks cost {s}, how much do {n} cost?",
@@ -331,6 +331,56 @@ _NUMBER_GENERAL = (
 _CITIES = (
     "Tokyo", "Lisbon", "Toronto", "Nairobi", "Berlin", "Mexico City", "Sydney", "Oslo", "Seoul",
     "Buenos Aires", "Cairo", "Dublin", "Prague", "Vancouver",
+)  # fmt: skip
+
+# Open-ended questions about society, habits and science: long, discursive, and still ``general``
+# (without them a long "why do people ...?" reads as a writing request once practical writing is in).
+_DISCUSS = (
+    "why do people {v}? is it {a} or {b}?",
+    "what are the upsides and downsides of {n}?",
+    "how does {n} affect {m}?",
+    "is it true that {claim}?",
+    "what do you think about {n}? I keep hearing completely different opinions.",
+    "what are the most common misconceptions about {n}?",
+    "what's the history behind {n}, and why does it still matter today?",
+    "do you think {n} will still be around in twenty years? why or why not?",
+    "how do experts explain why people {v}?",
+    "has {n} made {m} better or worse? what does the evidence say?",
+    "Why do so many people {v}, even when they know it's not good for them?",
+    "In what ways has {n} changed over the last few decades, and what caused it?",
+)
+_DISCUSS_TOPICS = (
+    "remote work", "social media", "homeschooling", "nuclear energy", "tipping culture",
+    "daylight saving time", "fast fashion", "electric cars", "standardised testing", "minimalism",
+    "online dating", "zoos", "tourism in small villages", "universal basic income", "self-driving cars",
+    "vegetarian diets", "public libraries", "team sports for kids", "the four-day work week",
+    "cryptocurrencies", "streaming services", "cycling lanes in cities", "space tourism",
+    "artificial sweeteners", "video games", "handwriting in schools", "reality TV", "influencer marketing",
+)  # fmt: skip
+_DISCUSS_AFFECTED = (
+    "mental health", "small businesses", "family life", "the environment", "house prices",
+    "teenagers", "local culture", "sleep", "productivity", "trust in institutions",
+)  # fmt: skip
+_DISCUSS_HABITS = (
+    ("keep watching shows they don't even enjoy", "habit", "something deeper"),
+    ("collect things they never use", "nostalgia", "anxiety"),
+    ("believe in horoscopes", "culture", "psychology"),
+    ("queue overnight for new phones", "status", "excitement"),
+    ("stay in jobs they hate", "fear", "money"),
+    ("fear flying more than driving", "control", "the news"),
+    ("love horror films", "adrenaline", "curiosity"),
+    ("follow the lives of celebrities", "boredom", "social connection"),
+    ("buy lottery tickets", "hope", "bad maths"),
+    ("put off important tasks", "perfectionism", "laziness"),
+    ("argue with strangers online", "boredom", "identity"),
+    ("keep pets that live only a few years", "companionship", "routine"),
+)  # fmt: skip
+_DISCUSS_CLAIMS = (
+    "goldfish forget everything after three seconds", "cracking your knuckles causes arthritis",
+    "bulls get angry at the colour red", "lightning never strikes the same place twice",
+    "you lose most of your body heat through your head", "sugar makes children hyperactive",
+    "bats are blind", "the Great Wall of China can be seen from space",
+    "shaving makes hair grow back thicker", "camels store water in their humps",
 )  # fmt: skip
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
@@ -379,10 +429,11 @@ def practical_examples(
         ("code", _SOFTWARE, _SOFTWARE_SYMPTOMS, _SOFTWARE_CONDITIONS, _DEV_TASKS),
         ("general", _THINGS, _THING_SYMPTOMS, _THING_CONDITIONS, _LIFE_TASKS),
     ):
-        n_how = per_label // 3 if label == "code" else per_label // 5
-        n_advice = 0 if label == "code" else per_label // 5
-        n_numbers = 0 if label == "code" else per_label // 5
-        n_symptom = per_label - n_how - n_advice - n_numbers
+        n_how = per_label // 3 if label == "code" else per_label // 6
+        n_advice = 0 if label == "code" else per_label // 6
+        n_numbers = 0 if label == "code" else per_label // 8
+        n_discuss = 0 if label == "code" else per_label // 4
+        n_symptom = per_label - n_how - n_advice - n_numbers - n_discuss
         grid = list(itertools.product(_SYMPTOM_FRAMES, subjects, symptoms, conditions))
         for frame, subject, (p0, p), c in _sample(rng, grid, n_symptom):
             out.append((_vary(frame.format(s=subject, p=p, p0=p0, c=c), rng), label))
@@ -390,6 +441,18 @@ def practical_examples(
             out.append((_vary(frame.format(x=task), rng), label))
         for ask, advice in _sample(rng, list(itertools.product(_ADVICE_ASKS, _ADVICE)), n_advice):
             out.append((_vary(ask.format(a=advice), rng), label))
+        for _ in range(n_discuss):
+            v, x, y = rng.choice(_DISCUSS_HABITS)
+            fill = {
+                "v": v,
+                "a": x,
+                "b": y,
+                "n": rng.choice(_DISCUSS_TOPICS),
+                "m": rng.choice(_DISCUSS_AFFECTED),
+            }
+            out.append(
+                (_vary(rng.choice(_DISCUSS).format(claim=rng.choice(_DISCUSS_CLAIMS), **fill), rng), label)
+            )
         for _ in range(n_numbers):
             out.append((rng.choice(_NUMBER_GENERAL).format(c=rng.choice(_CITIES)), label))
     for _ in range(per_label):
