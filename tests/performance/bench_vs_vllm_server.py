@@ -417,7 +417,7 @@ def main() -> int:
         if len(done) > 1:  # the table: every row, each against its group's reference
             levels = sorted({c for group in done for c in group.levels})
             print_table(
-                "All servers (ratios: to the first row of the row's group)",
+                "All servers (ratios: to the vLLM row of the same kind in its group)",
                 [r for g in done for r in g.rows],
                 levels,
             )
