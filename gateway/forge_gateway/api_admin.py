@@ -15,8 +15,9 @@ import anyio
 import msgspec
 from litestar import Request, Response, delete, post
 
+from forge_gateway.api_views import expert_entry
 from forge_gateway.endpoints import check_endpoint
-from forge_gateway.routing import LORA_OFF, ExpertCatalog
+from forge_gateway.routing import LORA_OFF
 from forge_gateway.security.policy import ADMIN
 from forge_gateway.state import Gateway
 from forge_sdk.errors import InvalidRequestError, ModelError, ModelNotFoundError
@@ -29,15 +30,6 @@ _encode = msgspec.json.Encoder().encode
 
 def _json(obj: Any, status: int = 200) -> Response[bytes]:
     return Response(_encode(obj), status_code=status, media_type="application/json")
-
-
-def expert_entry(catalog: ExpertCatalog, expert: ExpertModel) -> dict[str, Any]:
-    """An expert as the API shows it: its fields plus how this gateway serves it."""
-    entry = expert.to_dict()
-    entry["kind"] = expert.kind
-    entry["endpoint"] = expert.endpoint or "local"
-    entry["servable"] = catalog.servable(expert)
-    return entry
 
 
 def _decode_expert(raw: bytes) -> ExpertModel:

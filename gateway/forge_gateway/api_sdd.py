@@ -11,16 +11,21 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
-from forge_gateway.api_admin import expert_entry
-from forge_gateway.api_openai import decode_body
-from forge_gateway.generation import check_request_limits, plan_generation, run_to_completion
-from forge_gateway.routing import Target, route_headers
-from forge_gateway.security import admit, authorize, estimate_remote_tokens
+from forge_gateway.api_views import expert_entry, public_entry
+from forge_gateway.dispatch import Call, Dispatcher
+from forge_gateway.generation import plan_generation, run_to_completion
+from forge_gateway.routing import route_headers
 from forge_gateway.security.context import caller_allow_list, caller_is_admin, caller_may_use
 from forge_gateway.security.policy import PUBLIC, generation
 from forge_gateway.state import Gateway
-from forge_sdk.errors import ExpertUnavailableError, InvalidRequestError, UpstreamError
-from forge_sdk.types import GenerateRequest, GenerateResponse, RouteDecision, message_text
+from forge_sdk.errors import InvalidRequestError, UpstreamError
+from forge_sdk.types import (
+    ChatCompletionRequest,
+    GenerateRequest,
+    GenerateResponse,
+    RouteDecision,
+    message_text,
+)
 
 __all__ = ["sdd_routes"]
 
@@ -86,7 +91,7 @@ def experts(gateway: Gateway) -> Response[bytes]:
         if not admin:
             # Endpoints, folders, env names and upstream errors are operator details.
             if caller_may_use(expert.name):
-                out.append(_public_entry(catalog, expert))
+                out.append(public_entry(catalog, expert))
             continue
         entry = expert_entry(catalog, expert)
         if expert.kind == "remote":
@@ -97,17 +102,6 @@ def experts(gateway: Gateway) -> Response[bytes]:
             entry["status"] = {"state": "ok"}
         out.append(entry)
     return _json({"experts": out, "base_model": catalog.base_model_name})
-
-
-def _public_entry(catalog: Any, expert: Any) -> dict[str, Any]:
-    return {
-        "name": expert.name,
-        "description": expert.description,
-        "specialization": expert.specialization,
-        "keywords": expert.keywords,
-        "kind": expert.kind,
-        "servable": catalog.servable(expert),
-    }
 
 
 @post("/route", status_code=200)
@@ -131,71 +125,54 @@ async def route(gateway: Gateway, text: Annotated[str, Parameter(query="query")]
     return _json(decision, headers=route_headers(target))
 
 
-async def _generate_remote(
-    gateway: Gateway, target: Target, req: GenerateRequest, messages: list[dict[str, str]]
-) -> tuple[Response[bytes] | None, Target]:
-    """``/generate`` on a remote expert through its chat API; ``(None, fallback)`` when it fails."""
-    expert = target.expert
-    assert expert is not None
-    body = _encode(
-        {
-            "model": expert.upstream_model or expert.name,
-            "messages": messages,
-            "max_tokens": req.max_tokens,
-            "temperature": req.temperature,
-        }
-    )
-    try:
-        reply = await gateway.upstreams.call(target, body, "chat/completions", stream=False)
-    except (UpstreamError, ExpertUnavailableError) as exc:
-        why = (
-            "cooldown"
-            if isinstance(exc, ExpertUnavailableError)
-            else "timeout"
-            if exc.status_code == 504
-            else "error"
-        )
-        return None, gateway.catalog.fallback(target, why)
-    headers = route_headers(target)
+async def _generate_remote(dispatcher: Dispatcher, call: Call) -> Response[bytes] | None:
+    """``/generate`` on a remote expert through its chat API; None when it fell back."""
+    reply = await dispatcher.forward(call)
+    if reply is None:
+        return None
+    headers = route_headers(call.target)
     if reply.status >= 400:
-        response = Response(
-            reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
-        )
-        return response, target
+        return Response(reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers)
     try:
         data = msgspec.json.decode(reply.body, type=_UpstreamChat)
         text = data.choices[0].message.content or ""
     except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
-        raise UpstreamError(f"expert {expert.name!r} answered a malformed chat completion: {exc}") from exc
+        name = call.target.expert_name
+        raise UpstreamError(f"expert {name!r} answered a malformed chat completion: {exc}") from exc
     tokens = data.usage.total_tokens if data.usage else None
-    return _json(GenerateResponse(text=text, expert=target.expert_name, tokens_used=tokens), headers), target
+    return _json(GenerateResponse(text=text, expert=call.target.expert_name, tokens_used=tokens), headers)
 
 
 @post("/generate", status_code=200, opt=generation())
-async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Response[bytes]:
-    """Generate with automatic routing (or the ``expert`` given), SDD §7.1 shapes."""
-    req: GenerateRequest = decode_body(await request.body(), GenerateRequest)
+async def generate(
+    request: Request[Any, Any, Any], gateway: Gateway, dispatcher: Dispatcher
+) -> Response[bytes]:
+    """Generate with automatic routing (or the ``expert`` given), SDD §7.1 shapes.
+
+    It is a chat completion in the SDD's shapes, so it takes the same path as one: opened by the
+    dispatcher (limits, target, allow list), forwarded to a remote expert (usage recorded), or
+    run on the local engine.
+    """
+    raw = await request.body()
+    req: GenerateRequest = dispatcher.decode(raw, GenerateRequest)
     if (req.prompt is None) == (req.messages is None):
         raise InvalidRequestError("give exactly one of `prompt` or `messages`", param="prompt")
     messages = [{"role": m.role, "content": message_text(m)} for m in req.messages] if req.messages else None
-    text = (
-        req.prompt
-        if req.prompt is not None
-        else next((m["content"] for m in reversed(messages or []) if m["role"] == "user"), "")
-    )
-    target = await gateway.catalog.aresolve(req.expert or "auto", lambda: text, caller_allow_list())
-    if target.expert is not None and target.expert.kind == "remote":
-        chat = messages or [{"role": "user", "content": text}]
-        check_request_limits(gateway.config.limits, messages=len(chat), max_tokens=req.max_tokens)
-        await admit(
-            target,
-            estimate_remote_tokens(len(await request.body()), req.max_tokens, 1, gateway.config.limits),
-        )
-        remote, target = await _generate_remote(gateway, target, req, chat)
+    chat: dict[str, Any] = {
+        "model": req.expert or "auto",
+        "messages": messages or [{"role": "user", "content": req.prompt}],
+        "max_tokens": req.max_tokens,
+        "temperature": req.temperature,
+    }
+    chat_request = msgspec.convert(chat, ChatCompletionRequest)
+    call = await dispatcher.open(chat_request, _encode(chat), "chat/completions", size=len(raw))
+    expert = call.target.expert
+    if expert is not None and expert.kind == "remote":
+        remote = await _generate_remote(dispatcher, call)
         if remote is not None:
             return remote
-    authorize(target)  # before a standalone engine may be started for it
-    engine, target = await gateway.acquire(target)
+    engine, target = await gateway.acquire(call.target)
+    call.target = target
     plan = await plan_generation(
         engine,
         messages=messages,
@@ -210,7 +187,7 @@ async def generate(request: Request[Any, Any, Any], gateway: Gateway) -> Respons
         lora=target.lora,
         id_prefix="gen",
     )
-    await admit(target, plan.prompt_tokens + plan.sampling.max_tokens)
+    await call.reserve(plan.prompt_tokens + plan.sampling.max_tokens)
     choices = await gateway.with_timeout(run_to_completion(engine, plan))
     completion = choices[0].completion_tokens
     gateway.record_usage(target, plan.prompt_tokens, completion, engine.name)

@@ -16,6 +16,7 @@ from forge_gateway.api_admin import admin_routes
 from forge_gateway.api_openai import openai_routes
 from forge_gateway.api_sdd import sdd_routes
 from forge_gateway.config import GatewayConfig
+from forge_gateway.dispatch import Dispatcher
 from forge_gateway.engines.base import Engine
 from forge_gateway.engines.vllm_parallel import vllm_parallel_options
 from forge_gateway.errors import exception_handlers
@@ -51,6 +52,7 @@ def create_app(
         adapters = bool(adapter_experts(config, pm))
         engine = create_engine(config.engine.kind, config.model, **engine_options(config, adapters=adapters))
     gateway = Gateway(config, engine, pm or get_plugin_manager())
+    dispatcher = Dispatcher(gateway)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -75,8 +77,11 @@ def create_app(
 
     app = Litestar(
         route_handlers=[*openai_routes, *sdd_routes, *admin_routes],
-        dependencies={"gateway": Provide(lambda: gateway, use_cache=True, sync_to_thread=False)},
-        exception_handlers=exception_handlers,  # type: ignore[arg-type]
+        dependencies={
+            "gateway": Provide(lambda: gateway, use_cache=True, sync_to_thread=False),
+            "dispatcher": Provide(lambda: dispatcher, use_cache=True, sync_to_thread=False),
+        },
+        exception_handlers=exception_handlers(),  # type: ignore[arg-type]
         # Each route's scope (public / key / admin) lives in its ``opt``; the guard enforces it on
         # the handler Litestar matched (the middleware already did on the same lookup).
         guards=[route_guard],
@@ -89,7 +94,7 @@ def create_app(
         logging_config=None,
     )
     app.state.gateway = gateway
-    app.asgi_handler = RemoteFastPath(app.asgi_handler, gateway)  # remote experts skip the framework
+    app.asgi_handler = RemoteFastPath(app.asgi_handler, dispatcher)  # remote experts skip the framework
     # Keys, rate limits, admission, usage ledger, /metrics and access logs (pure ASGI, outermost).
     layer = install_security(app, gateway)
     # Per-replica state of remote experts, read from the upstream pool at scrape time.

@@ -21,8 +21,6 @@ from forge_sdk.errors import (
     EngineUnavailableError,
     ExpertUnavailableError,
     RequestTimeoutError,
-    UpstreamError,
-    UpstreamTimeoutError,
 )
 from forge_sdk.experts import ExpertModel
 from forge_sdk.plugins import collect
@@ -32,8 +30,6 @@ __all__ = ["Gateway", "UsageListener", "adapter_experts"]
 
 T = TypeVar("T")
 log = structlog.get_logger("forge_gateway")
-
-_FALLBACK_WHY = {ExpertUnavailableError: "cooldown", UpstreamTimeoutError: "timeout", UpstreamError: "error"}
 
 UsageListener = Callable[[Target, int, int, str], None]
 """Called after each request with (target, prompt_tokens, completion_tokens, engine name)."""
@@ -214,21 +210,6 @@ class Gateway:
                 raise exc from None
             log.warning("expert_fallback", expert=expert.name, to=fallback.expert_name, error=exc.message)
             return await self.acquire(fallback)
-
-    async def forward_remote(
-        self, target: Target, body: bytes, path: str, *, stream: bool
-    ) -> tuple[Any, Target]:
-        """Send a request to a remote expert with retries; on failure pick the fallback.
-
-        Returns:
-            ``(response, target)``: the upstream's response and the same target, or
-            ``(None, fallback_target)`` when the caller must serve it locally.
-        """
-        try:
-            return await self.upstreams.forward(target, body, path, stream=stream), target
-        except (UpstreamError, ExpertUnavailableError) as exc:
-            log.warning("expert_fallback", expert=target.expert_name, error=exc.message)
-            return None, self.catalog.fallback(target, _FALLBACK_WHY.get(type(exc), "error"))
 
     async def with_timeout(self, awaitable: Awaitable[T]) -> T:
         """Await with the configured request timeout (504 when it runs out)."""

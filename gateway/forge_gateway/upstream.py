@@ -27,27 +27,22 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import msgspec
 import structlog
-from litestar import Response
-from litestar.response import Stream
 
 from forge_gateway.endpoints import join_endpoint
-from forge_gateway.routing import route_headers
+from forge_gateway.errors import sse_error
 from forge_gateway.upstream_http import HttpPool, UpstreamConnectError, UpstreamDisconnectedError, header
 from forge_gateway.upstream_replicas import HealthProber, ReplicaSet, ReplicaState
 from forge_sdk.errors import ExpertUnavailableError, UpstreamError, UpstreamTimeoutError
 from forge_sdk.experts import ExpertModel
-from forge_sdk.types import ErrorBody, ErrorResponse
 
 if TYPE_CHECKING:
     from forge_gateway.routing import Target
 
-__all__ = ["UpstreamPool", "UpstreamReply", "UpstreamState", "with_model"]
+__all__ = ["UpstreamPool", "UpstreamReply", "UpstreamState"]
 
 log = structlog.get_logger("forge_gateway.upstream")
 _RETRY_STATUS = frozenset({502, 503, 504})
-_encode = msgspec.json.Encoder().encode
 _JSON_HEADER = b"content-type: application/json\r\n"
 
 
@@ -289,51 +284,7 @@ class UpstreamPool:
         except self._failures as exc:
             # Bytes already reached the client: too late to fall back, so say it in-band.
             replicas.failed(replica, _describe(exc), name)
-            error = ErrorBody(f"expert {name!r} failed mid-stream: {_describe(exc)}", "upstream_error")
-            yield b"data: " + _encode(ErrorResponse(error)) + b"\n\n"
-
-    async def forward(
-        self, target: Target, body: bytes, path: str, *, stream: bool
-    ) -> Response[bytes] | Stream:
-        """Proxy the client's request body to the target's upstream as a response for the client.
-
-        The body goes upstream as the client sent it (every field, tools and response formats
-        included); only ``model`` is rewritten when the upstream knows the expert by another name.
-
-        Raises:
-            ExpertUnavailableError, UpstreamTimeoutError, UpstreamError: as :meth:`call`;
-                the caller falls back.
-        """
-        expert = target.expert
-        assert expert is not None
-        body = with_model(body, expert.upstream_model or expert.name)
-        reply = await self.call(target, body, path, stream=stream)
-        headers = route_headers(target)
-        if reply.stream is None:
-            return Response(
-                reply.body, status_code=reply.status, media_type=reply.content_type, headers=headers
-            )
-        headers["cache-control"] = "no-cache"
-        return Stream(reply.stream, status_code=reply.status, media_type="text/event-stream", headers=headers)
-
-
-class _Model(msgspec.Struct):
-    model: str = ""
-
-
-_model_decoder = msgspec.json.Decoder(_Model)
-
-
-def with_model(body: bytes, model: str, **changes: Any) -> bytes:
-    """``body`` (a JSON object) with its ``model`` set to ``model`` and the top-level fields in
-    ``changes`` set too; every other field byte-for-byte."""
-    if not changes and _model_decoder.decode(body).model == model:
-        return body
-    fields = msgspec.json.decode(body, type=dict[str, msgspec.Raw])
-    fields["model"] = msgspec.Raw(_encode(model))
-    for name, value in changes.items():
-        fields[name] = msgspec.Raw(_encode(value))
-    return _encode(fields)
+            yield sse_error(UpstreamError(f"expert {name!r} failed mid-stream: {_describe(exc)}"))
 
 
 def _describe(exc: BaseException) -> str:

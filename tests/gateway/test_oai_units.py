@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import msgspec
 import pytest
 
+from forge_gateway.dispatch import Call, upstream_body
 from forge_gateway.engines.base import TokenLogprobs
 from forge_gateway.oai.chat_input import check_modalities, template_messages
 from forge_gateway.oai.decoding import request_decoder
 from forge_gateway.oai.logprobs import LegacyLogprobs, TokenTexts
 from forge_gateway.oai.sampling import request_constraint, sampling_fields
 from forge_gateway.oai.tool_calls import ToolStream, tool_mode
-from forge_gateway.upstream import with_model
+from forge_gateway.routing import Target
 from forge_plugins.tool_parsers import HermesToolParser
 from forge_sdk.errors import InvalidRequestError
+from forge_sdk.experts import ExpertModel
 from forge_sdk.types import ChatCompletionRequest, CompletionRequest
 
 TOOLS = [
@@ -308,8 +311,20 @@ def test_legacy_logprobs_shape() -> None:
     assert value.top_logprobs == [None, {"bc": -0.5, "d": -1.0}, {"A": -0.1}]
 
 
-def test_with_model_keeps_every_other_byte() -> None:
-    body = b'{"model": "a", "tools": [{"type": "function"}], "x": 1.50}'
-    out = with_model(body, "b")
-    assert json.loads(out) == {"model": "b", "tools": [{"type": "function"}], "x": 1.5}
-    assert b"1.50" in out and with_model(body, "a") is body
+def _remote_call(body: bytes, **shape: Any) -> Call:
+    expert = ExpertModel(name="e", endpoint="http://127.0.0.1:1/v1", upstream_model="up")
+    request = msgspec.json.decode(body)
+    return Call(request, body, "chat/completions", Target("e", expert, "requested"), len(body), **shape)
+
+
+def test_upstream_body_keeps_every_other_byte() -> None:
+    body = b'{"model": "a", "tools": [{"type": "function"}], "x": 1.50, "max_tokens": 7}'
+    out = upstream_body(_remote_call(body, max_tokens=7), default_max_tokens=99)
+    assert json.loads(out) == {"model": "up", "tools": [{"type": "function"}], "x": 1.5, "max_tokens": 7}
+    assert b"1.50" in out
+
+
+def test_upstream_body_fills_max_tokens_and_asks_a_stream_for_usage() -> None:
+    body = b'{"model": "a", "stream": true}'
+    out = json.loads(upstream_body(_remote_call(body, max_tokens=None, stream=True), default_max_tokens=99))
+    assert out == {"model": "up", "stream": True, "max_tokens": 99, "stream_options": {"include_usage": True}}

@@ -99,8 +99,9 @@ class Upstream:
                 lines = head.decode("latin-1").split("\r\n")
                 _, path, _ = lines[0].split(" ", 2)
                 hdrs = {k.lower(): v.strip() for k, v in (x.split(":", 1) for x in lines[1:] if x)}
-                body = json.loads(await reader.readexactly(int(hdrs.get("content-length", "0"))) or b"{}")
-                self.requests.append({"path": path, "headers": hdrs, "body": body})
+                raw = await reader.readexactly(int(hdrs.get("content-length", "0")))
+                body = json.loads(raw or b"{}")
+                self.requests.append({"path": path, "headers": hdrs, "body": body, "raw": raw})
                 if body.get("stream"):
                     events = [
                         {"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]},

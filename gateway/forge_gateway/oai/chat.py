@@ -10,7 +10,9 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from forge_gateway.dispatch import Call
 from forge_gateway.engines.base import Engine, EngineOutput
+from forge_gateway.errors import sse_error
 from forge_gateway.generation import GenerationPlan, plan_generation, run_many, stream_many
 from forge_gateway.oai.chat_input import (
     check_modalities,
@@ -22,8 +24,7 @@ from forge_gateway.oai.logprobs import TokenTexts, chat_logprobs
 from forge_gateway.oai.sampling import request_constraint, sampling_fields
 from forge_gateway.oai.streaming import SSE_DONE, primed, sse
 from forge_gateway.oai.tool_calls import ToolMode, ToolStream, pick_parser, tool_mode
-from forge_gateway.routing import Target
-from forge_gateway.security import admit
+from forge_gateway.routing import Target, route_headers
 from forge_gateway.state import Gateway
 from forge_sdk.errors import InvalidRequestError, LargeForgeAIError
 from forge_sdk.tools import ToolParser
@@ -34,8 +35,6 @@ from forge_sdk.types import (
     ChatCompletionRequest,
     ChunkChoice,
     DeltaMessage,
-    ErrorBody,
-    ErrorResponse,
     ResponseMessage,
     Usage,
 )
@@ -104,12 +103,12 @@ def _finish(reason: str | None, called: bool) -> Any:
     return "tool_calls" if called and reason == "stop" else reason
 
 
-async def serve_chat(
-    gateway: Gateway, engine: Engine, target: Target, req: ChatCompletionRequest, headers: dict[str, str]
-) -> Response[bytes] | Stream:
-    """Answer one chat request on ``engine`` (already acquired for ``target``)."""
+async def serve_chat(gateway: Gateway, engine: Engine, call: Call) -> Response[bytes] | Stream:
+    """Answer one chat call on ``engine`` (already acquired for ``call.target``)."""
+    target, req = call.target, call.request
+    headers = route_headers(target)
     plan, mode = await _plan(gateway, engine, target, req)
-    await admit(target, plan.prompt_tokens + plan.n * plan.sampling.max_tokens)
+    await call.reserve(plan.prompt_tokens + plan.n * plan.sampling.max_tokens)
     texts = TokenTexts(engine.token_text)
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
@@ -180,7 +179,7 @@ async def _stream(
                 yield chunk(index, DeltaMessage(), _finish(out.finish_reason, called))
     except LargeForgeAIError as exc:
         # Headers are gone once streaming started: report the error in-band, OpenAI style.
-        yield sse(ErrorResponse(ErrorBody(exc.message, exc.error_type, exc.param, exc.code)))
+        yield sse_error(exc)
         return
     finally:
         await outputs.aclose()  # type: ignore[attr-defined]

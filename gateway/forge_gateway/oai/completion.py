@@ -15,16 +15,17 @@ import msgspec
 from litestar import Response
 from litestar.response import Stream
 
+from forge_gateway.dispatch import Call
 from forge_gateway.engines.base import Engine, EngineOutput
+from forge_gateway.errors import sse_error
 from forge_gateway.generation import GenerationPlan, plan_generation, run_many, stream_many
 from forge_gateway.oai.logprobs import LegacyLogprobs, TokenTexts
 from forge_gateway.oai.sampling import request_constraint, sampling_fields
 from forge_gateway.oai.streaming import SSE_DONE, primed, sse
-from forge_gateway.routing import Target
-from forge_gateway.security import admit
+from forge_gateway.routing import Target, route_headers
 from forge_gateway.state import Gateway
 from forge_sdk.errors import InvalidRequestError, LargeForgeAIError
-from forge_sdk.types import Completion, CompletionChoice, CompletionRequest, ErrorBody, ErrorResponse, Usage
+from forge_sdk.types import Completion, CompletionChoice, CompletionRequest, Usage
 
 __all__ = ["prompts_of", "serve_completion"]
 
@@ -91,13 +92,13 @@ async def _plans(
     return plans, echoes, score_only
 
 
-async def serve_completion(
-    gateway: Gateway, engine: Engine, target: Target, req: CompletionRequest, headers: dict[str, str]
-) -> Response[bytes] | Stream:
-    """Answer one text completion request (any number of prompts) on ``engine``."""
+async def serve_completion(gateway: Gateway, engine: Engine, call: Call) -> Response[bytes] | Stream:
+    """Answer one text completion call (any number of prompts) on ``engine``."""
+    target, req = call.target, call.request
+    headers = route_headers(target)
     plans, echoes, score_only = await _plans(gateway, engine, target, req, prompts_of(req))
     prompt_tokens = sum(p.prompt_tokens for p in plans)
-    await admit(target, prompt_tokens + sum(p.n * p.sampling.max_tokens for p in plans))
+    await call.reserve(prompt_tokens + sum(p.n * p.sampling.max_tokens for p in plans))
     texts = TokenTexts(engine.token_text)
     shaper = _Shaper(plans, echoes, score_only, texts, req.logprobs is not None)
     if req.stream:
@@ -185,7 +186,7 @@ async def _stream(
                     Completion(rid, created, target.model, [CompletionChoice(index, text, reason, logprobs)])
                 )
     except LargeForgeAIError as exc:
-        yield sse(ErrorResponse(ErrorBody(exc.message, exc.error_type, exc.param, exc.code)))
+        yield sse_error(exc)
         return
     finally:
         await outputs.aclose()  # type: ignore[attr-defined]

@@ -21,9 +21,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import msgspec
 import structlog
 
+from forge_gateway.errors import send_error
 from forge_gateway.security.auth import is_loopback
 from forge_gateway.security.context import RequestContext, current_request
 from forge_gateway.security.policy import POLICY_SCOPE_KEY, RoutePolicy
@@ -37,7 +37,6 @@ from forge_sdk.errors import (
     RequestBodyTimeoutError,
     UnsupportedMediaTypeError,
 )
-from forge_sdk.types import ErrorBody, ErrorResponse
 
 if TYPE_CHECKING:
     from forge_gateway.security.layer import SecurityLayer
@@ -46,7 +45,6 @@ __all__ = ["SecurityMiddleware"]
 
 access_log = structlog.get_logger("forge_gateway.access")
 
-_encode = msgspec.json.Encoder().encode
 _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.:")
 _WATCHED = frozenset(
     {b"authorization", b"x-api-key", b"x-request-id", b"origin", b"host", b"content-type", b"content-length"}
@@ -157,7 +155,7 @@ class SecurityMiddleware:
                     await layer.admission.acquire()
                     admitted = True
             except LargeForgeAIError as exc:
-                await self._send_error(send_wrapper, exc)
+                await send_error(send_wrapper, exc)
                 return
             except _ClientGoneError:
                 status = 499
@@ -330,15 +328,3 @@ class SecurityMiddleware:
                 raise _ClientGoneError
             size += len(message.get("body", b""))
             more = message.get("more_body", False)
-
-    @staticmethod
-    async def _send_error(send: Any, exc: LargeForgeAIError) -> None:
-        body = _encode(ErrorResponse(ErrorBody(exc.message, exc.error_type, exc.param, exc.code)))
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        if isinstance(exc, AuthenticationError):
-            headers.append((b"www-authenticate", b'Bearer realm="forge-gateway"'))
-        if isinstance(exc, RequestBodyTimeoutError):
-            headers.append((b"connection", b"close"))  # the rest of the body is not read
-        headers.extend((k.lower().encode(), v.encode()) for k, v in exc.headers.items())
-        await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
