@@ -1,7 +1,8 @@
 """Gateway configuration: a TOML/YAML file, then ``FORGE_*`` env vars, then CLI flags.
 
 Every section is a msgspec Struct that rejects unknown keys, so a typo in the file is an error
-naming the key, not a silently ignored setting. Env vars use ``FORGE_<SECTION>_<FIELD>`` for
+naming the key, not a silently ignored setting. The layering rules are the SDK's
+(:mod:`forge_sdk.config`), shared with ``forge-train``. Env vars use ``FORGE_<SECTION>_<FIELD>`` for
 nested fields (``FORGE_LIMITS_MAX_CONCURRENT=64``) and ``FORGE_<FIELD>`` for top-level ones
 (``FORGE_MODEL=./tiny``).
 """
@@ -12,10 +13,9 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import msgspec
-import tomllib
 from msgspec import Meta, Struct, field
 
+from forge_sdk.config import env_layer, load_layered
 from forge_sdk.errors import ConfigurationError
 
 __all__ = [
@@ -233,55 +233,9 @@ class GatewayConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 _SECTIONS = {"engine", "router", "limits", "auth", "rate_limit", "api"}
 
 
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read config file {path}: {exc.strerror}") from exc
-    try:
-        if path.suffix in {".yaml", ".yml"}:
-            import yaml
-
-            data = yaml.safe_load(raw) or {}
-        elif path.suffix == ".toml":
-            data = tomllib.loads(raw.decode())
-        else:
-            raise ConfigurationError(f"config file {path} must end in .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"config file {path} is not valid TOML: {exc}") from exc
-    except ConfigurationError:
-        raise
-    except Exception as exc:  # yaml.YAMLError without importing yaml at module top
-        raise ConfigurationError(f"config file {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigurationError(f"config file {path} must hold a table/mapping at the top")
-    return data
-
-
 def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
-    """``FORGE_X`` / ``FORGE_SECTION_X`` env vars as a nested dict of strings."""
-    out: dict[str, Any] = {}
-    top_fields = set(GatewayConfig.__struct_fields__) - _SECTIONS
-    for key, value in environ.items():
-        if not key.startswith("FORGE_"):
-            continue
-        name = key[len("FORGE_") :].lower()
-        section = next((s for s in _SECTIONS if name.startswith(s + "_")), None)
-        if section:
-            out.setdefault(section, {})[name[len(section) + 1 :]] = value
-        elif name in top_fields:
-            out[name] = value
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
+    """``FORGE_X`` / ``FORGE_SECTION_X`` env vars as a nested dict."""
+    return env_layer(environ, "FORGE_", GatewayConfig.__struct_fields__, _SECTIONS)
 
 
 def load_config(
@@ -301,15 +255,8 @@ def load_config(
         ConfigurationError: unreadable file, unknown key, or a value of the wrong type/range;
             the message names the offending key.
     """
-    data: dict[str, Any] = _read_file(Path(path)) if path else {}
-    env_data = _env_overrides(dict(os.environ if environ is None else environ))
-    data = _merge(data, env_data)
-    data = _merge(data, _drop_none(overrides or {}))
-    try:
-        # strict=False lets env strings like "64" or "true" convert to int/bool.
-        config = msgspec.convert(data, GatewayConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigurationError(f"invalid configuration: {exc}") from exc
+    env = _env_overrides(dict(os.environ if environ is None else environ))
+    config = load_layered(GatewayConfig, file=path, env=env, overrides=overrides)
     if not config.model:
         raise ConfigurationError(
             "no model given: pass --model, set FORGE_MODEL, or put model = ... in the config file"
@@ -324,19 +271,4 @@ def load_auth_config(environ: dict[str, str] | None = None) -> AuthConfig:
         ConfigurationError: a value of the wrong type/range, naming the key.
     """
     data = _env_overrides(dict(os.environ if environ is None else environ)).get("auth", {})
-    try:
-        return msgspec.convert(data, AuthConfig, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ConfigurationError(f"invalid auth configuration: {exc}") from exc
-
-
-def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            nested = _drop_none(value)
-            if nested:
-                out[key] = nested
-        elif value is not None:
-            out[key] = value
-    return out
+    return load_layered(AuthConfig, env=data)

@@ -6,14 +6,13 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct, field
 
-from forge_sdk.errors import ConfigurationError
+from forge_sdk.config import env_layer, load_layered, read_config_file
 
 __all__ = [
     "BaseTrainingConfig",
@@ -163,90 +162,16 @@ ENV_PREFIX = "FORGE_TRAIN_"
 C = TypeVar("C", bound=BaseTrainingConfig)
 
 
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML (``.yaml``/``.yml``) or TOML (``.toml``) config file into a dict.
-
-    Raises:
-        ConfigurationError: the file is missing, unreadable, not valid YAML/TOML, or not a mapping.
-    """
-    import yaml
-
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-
-    source = Path(path)
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read config file {source}: {exc.strerror or exc}") from exc
-    suffix = source.suffix.lower()
-    try:
-        if suffix == ".toml":
-            data: Any = tomllib.loads(text)
-        elif suffix in {".yaml", ".yml", ".json"}:
-            data = yaml.safe_load(text)
-        else:
-            raise ConfigurationError(
-                f"config file {source}: unknown extension {suffix!r} (use .yaml, .yml or .toml)"
-            )
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigurationError(f"config file {source} is not valid {suffix[1:].upper()}: {first}") from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigurationError(
-            f"config file {source} must hold a mapping of settings, not {type(data).__name__}"
-        )
-    return data
-
-
 def env_overrides(cls: type[BaseTrainingConfig], environ: dict[str, str] | None = None) -> dict[str, Any]:
-    """Top-level settings from ``FORGE_TRAIN_<FIELD>`` variables (e.g. ``FORGE_TRAIN_LEARNING_RATE``).
-
-    Values are parsed as YAML scalars, so ``3``, ``1e-4`` and ``true`` get their natural types.
-    Only names of fields of ``cls`` are read.
-    """
-    import yaml
-
-    env = os.environ if environ is None else environ
-    out: dict[str, Any] = {}
-    for name in cls.__struct_fields__:
-        raw = env.get(ENV_PREFIX + name.upper())
-        if raw is None:
-            continue
-        try:
-            out[name] = yaml.safe_load(raw)
-        except yaml.YAMLError:
-            out[name] = raw
-    return out
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _readable(exc: msgspec.ValidationError) -> str:
-    # msgspec says "Expected `int`, got `str` - at `$.lora.r`"; lead with the field instead.
-    text = str(exc)
-    match = re.match(r"^(?P<msg>.*) - at `\$\.?(?P<path>[^`]*)`$", text)
-    if match:
-        return f"field {match['path']!r}: {match['msg']}"
-    missing = re.match(r"^Object missing required field `(?P<f>[^`]+)`", text)
-    if missing:
-        return f"field {missing['f']!r} is required"
-    unknown = re.match(r"^Object contains unknown field `(?P<f>[^`]+)`", text)
-    if unknown:
-        return f"unknown field {unknown['f']!r}"
-    return text
+    """Settings from ``FORGE_TRAIN_<FIELD>`` variables (``FORGE_TRAIN_LEARNING_RATE``), and
+    ``FORGE_TRAIN_<TABLE>_<FIELD>`` for nested tables (``FORGE_TRAIN_LORA_R``): the SDK's rules
+    (:func:`forge_sdk.config.env_layer`), the same as the gateway's ``FORGE_*``."""
+    tables = [
+        f.name
+        for f in msgspec.structs.fields(cls)
+        if isinstance(f.type, type) and issubclass(f.type, msgspec.Struct)
+    ]
+    return env_layer(os.environ if environ is None else environ, ENV_PREFIX, cls.__struct_fields__, tables)
 
 
 def build_config(
@@ -267,12 +192,4 @@ def build_config(
     Raises:
         ConfigurationError: one line naming the bad field (and the file, if any).
     """
-    data: dict[str, Any] = read_config_file(file) if file else {}
-    if use_env:
-        data = _merge(data, env_overrides(cls))
-    data = _merge(data, overrides or {})
-    try:
-        return msgspec.convert(data, cls, strict=False)
-    except msgspec.ValidationError as exc:
-        where = f" in {file}" if file else ""
-        raise ConfigurationError(f"invalid {cls.__name__}{where}: {_readable(exc)}") from exc
+    return load_layered(cls, file=file, env=env_overrides(cls) if use_env else None, overrides=overrides)
