@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from forge_plugins.router.classifiers import HybridClassifier, KeywordClassifier, NeuralClassifier
-from forge_plugins.router.methods import RouterEvalMethod, RouterTrainMethod
+from forge_plugins.router.train.methods import RouterEvalMethod, RouterTrainMethod
 from forge_plugins.tool_parsers import HermesToolParser, Llama3JsonToolParser
 from forge_sdk import hookimpl
 

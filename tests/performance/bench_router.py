@@ -17,7 +17,7 @@ Prints figures, asserts nothing.
   ``--epochs`` lighter than the shipped recipe, so its figure is, if anything, pessimistic.
   ``--tune`` prints the mixing weight and temperatures that these predictions give, and the
   abstain threshold that maximises the mean macro-F1 over the encoder folds and the four
-  hand-written sets (what ``forge_plugins.router.recipe.CALIBRATION`` holds).
+  hand-written sets (what ``forge_plugins.router.train.recipe.CALIBRATION`` holds).
 
 Run: ``OMP_NUM_THREADS=1 python tests/performance/bench_router.py [--quick]`` (``--quick``: latency and
 hand-written sets only, ~1 minute; the full run is ~25 minutes of CPU).
@@ -32,14 +32,14 @@ from pathlib import Path
 
 from forge_plugins import HybridClassifier, KeywordClassifier, NeuralClassifier
 from forge_plugins.router.combined import combine
-from forge_plugins.router.evaluation import (
+from forge_plugins.router.train.evaluation import (
     evaluate,
     latency,
     leave_one_source_out,
     tune_calibration,
     tune_threshold,
 )
-from forge_plugins.router.recipe import Recipe
+from forge_plugins.router.train.recipe import Recipe
 from forge_sdk import DEFAULT_EXPERTS
 
 DATA = Path(os.environ.get("FORGE_SHARED_DATA") or Path(__file__).resolve().parents[3] / "shared" / "data")

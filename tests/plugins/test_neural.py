@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from forge_plugins import NeuralClassifier, RouterModel
-from forge_plugins.router.evaluation import evaluate
 from forge_plugins.router.model import DEFAULT_MODEL_DIR
+from forge_plugins.router.train.evaluation import evaluate
 from forge_sdk import DEFAULT_EXPERTS, ExpertModel
 from forge_sdk.errors import ModelError
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from forge_plugins.router.corpus import _harvest, _paragraphs
+from forge_plugins.router.train.corpus import _harvest, _paragraphs
 
 
 def test_paragraphs_keep_prose_and_drop_examples_and_tables() -> None:

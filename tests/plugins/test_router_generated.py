@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from forge_plugins.router.generated import generated_examples
-from forge_plugins.router.methods import RouterTrainMethod
+from forge_plugins.router.train.generated import generated_examples
+from forge_plugins.router.train.methods import RouterTrainMethod
 from forge_sdk.errors import ConfigurationError
 
 DATA = Path(__file__).parent / "data"

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from forge_plugins.router.methods import RouterTrainMethod
-from forge_plugins.router.practical import practical_examples
-from forge_plugins.router.recipe import Recipe, build_training_set
+from forge_plugins.router.train.methods import RouterTrainMethod
+from forge_plugins.router.train.practical import practical_examples
+from forge_plugins.router.train.recipe import Recipe, build_training_set
 from forge_sdk.errors import ConfigurationError
 
 DATA = Path(__file__).parent / "data"

@@ -13,8 +13,13 @@ from pathlib import Path
 import pytest
 
 from forge_plugins import NeuralClassifier
-from forge_plugins.router.evaluation import evaluate, leave_one_source_out, tune_calibration, tune_threshold
-from forge_plugins.router.recipe import Recipe
+from forge_plugins.router.train.evaluation import (
+    evaluate,
+    leave_one_source_out,
+    tune_calibration,
+    tune_threshold,
+)
+from forge_plugins.router.train.recipe import Recipe
 from forge_sdk import DEFAULT_EXPERTS
 
 DATA = Path(__file__).parent / "data"

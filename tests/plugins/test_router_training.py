@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from forge_plugins import NeuralClassifier, RouterModel
-from forge_plugins.router.methods import RouterEvalMethod, RouterTrainMethod
+from forge_plugins.router.train.methods import RouterEvalMethod, RouterTrainMethod
 from forge_sdk import DEFAULT_EXPERTS, ExpertModel
 from forge_sdk.errors import DataError
 
@@ -228,7 +228,7 @@ def test_cli_bad_data_is_one_line(tmp_path: Path) -> None:
 
 
 def test_chat_prompts_are_sampled_opening_turns(tmp_path: Path) -> None:
-    from forge_plugins.router.data import load_chat_prompts
+    from forge_plugins.router.train.data import load_chat_prompts
 
     data = tmp_path / "chat.jsonl"
     rows = [

@@ -179,3 +179,24 @@ def test_upstream_client_does_not_import_the_web_framework() -> None:
 def test_the_import_check_sees_the_web_framework() -> None:
     # The check above can fail: the app module does load Litestar.
     assert "litestar" in _loaded_on_import(f"{PACKAGE}.app")
+
+
+def test_the_run_time_router_imports_neither_torch_nor_its_training_code() -> None:
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, forge_plugins.router, forge_plugins.routing\n"
+        "from forge_plugins.router import HybridClassifier\n"
+        "from forge_sdk import DEFAULT_EXPERTS\n"
+        "HybridClassifier(list(DEFAULT_EXPERTS)).classify('integrate x squared')\n"
+        "heavy = ('torch', 'sklearn', 'transformers', 'trl', 'peft')\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in heavy]\n"
+        "training = [m for m in sys.modules if m.startswith('forge_plugins.router.train.')"
+        " and m != 'forge_plugins.router.train.methods']\n"
+        "print(sorted(loaded + training))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

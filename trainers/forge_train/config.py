@@ -159,10 +159,10 @@ class ORPOConfig(_MethodConfig, kw_only=True):
 
 ENV_PREFIX = "FORGE_TRAIN_"
 
-C = TypeVar("C", bound=BaseTrainingConfig)
+C = TypeVar("C", bound=Struct)
 
 
-def env_overrides(cls: type[BaseTrainingConfig], environ: dict[str, str] | None = None) -> dict[str, Any]:
+def env_overrides(cls: type[Struct], environ: dict[str, str] | None = None) -> dict[str, Any]:
     """Settings from ``FORGE_TRAIN_<FIELD>`` variables (``FORGE_TRAIN_LEARNING_RATE``), and
     ``FORGE_TRAIN_<TABLE>_<FIELD>`` for nested tables (``FORGE_TRAIN_LORA_R``): the SDK's rules
     (:func:`forge_sdk.config.env_layer`), the same as the gateway's ``FORGE_*``."""

@@ -18,6 +18,7 @@ from msgspec import Meta
 from forge_sdk import TrainingMethod, TrainingResult, hookimpl
 from forge_sdk.errors import ConfigurationError, DataError, ModelError, TrainingError
 from forge_train.config import BaseTrainingConfig, LoraConfig
+from forge_train.flags import COMMON_FLAGS, Flag, add_flags, config_from_args
 
 __all__ = ["DistillCommand", "DistillConfig", "Distiller", "load_text_records", "train_distill"]
 
@@ -411,69 +412,38 @@ class DistillCommand(TrainingMethod):
     name: ClassVar[str] = "distill"
     help: ClassVar[str] = "distil a teacher into a student: alpha·τ²·KL + (1-alpha)·CE"
 
+    flags: ClassVar[list[Flag]] = [
+        Flag(
+            "--teacher", "teacher_model", "teacher model folder or hub id", metavar="PATH|ID", group="method"
+        ),
+        Flag(
+            "--student",
+            "student_model",
+            "student model folder or hub id (or --model)",
+            metavar="PATH|ID",
+            group="method",
+        ),
+        Flag("--temperature", "temperature", "softmax temperature τ", float, "T", group="method"),
+        Flag("--alpha", "alpha", "weight of the KL term alpha", float, "A", group="method"),
+        # The flag's name before distill joined the table (same field as --max-length).
+        Flag("--max-seq-length", "max_seq_length", "alias of --max-length", int, "N"),
+        *COMMON_FLAGS,
+    ]
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Flags for the teacher, student, data and hyper-parameters."""
-        parser.add_argument("--teacher", required=True, help="teacher model folder or hub id")
-        parser.add_argument("--student", required=True, help="student model folder or hub id")
-        parser.add_argument(
-            "--dataset", required=True, help="JSON/JSONL with messages, text or prompt+response"
+        """Flags for the teacher, student, data and hyper-parameters (the shared flag table)."""
+        parser.epilog = (
+            "Settings come from --config FILE (YAML or TOML, field names of DistillConfig), "
+            "then FORGE_TRAIN_<FIELD> env vars, then these flags."
         )
-        parser.add_argument("--output", required=True, help="output folder for the student")
-        parser.add_argument(
-            "--temperature", type=float, default=2.0, help="softmax temperature τ (default 2.0)"
-        )
-        parser.add_argument(
-            "--alpha", type=float, default=0.5, help="weight of the KL term alpha (default 0.5)"
-        )
-        parser.add_argument("--epochs", type=float, default=1.0, help="passes over the data")
-        parser.add_argument("--max-steps", type=int, default=-1, help="stop after N steps (-1: epochs)")
-        parser.add_argument("--batch-size", type=int, default=4, help="per-device batch size")
-        parser.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
-        parser.add_argument("--lr", type=float, default=2e-4, help="learning rate")
-        parser.add_argument("--max-seq-length", type=int, default=1024, help="truncate sequences to N tokens")
-        parser.add_argument("--seed", type=int, default=42, help="random seed")
-        parser.add_argument("--full", action="store_true", help="train all student weights instead of LoRA")
-        parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
-        parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
-        parser.add_argument("--logging-steps", type=int, default=10, help="log every N steps")
-        parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-        parser.add_argument(
-            "--register", default=None, help="add the result to the expert registry under NAME"
-        )
-        parser.add_argument("--registry", default=None, help="expert registry file (default $FORGE_REGISTRY)")
+        add_flags(parser, DistillConfig, cls.flags)
 
     def run(self, args: argparse.Namespace) -> TrainingResult:
-        """Build a :class:`DistillConfig` from the flags and train."""
-        import msgspec
-
-        try:
-            config = msgspec.convert(
-                {
-                    "teacher_model": args.teacher,
-                    "student_model": args.student,
-                    "dataset_path": args.dataset,
-                    "output_dir": args.output,
-                    "temperature": args.temperature,
-                    "alpha": args.alpha,
-                    "num_train_epochs": args.epochs,
-                    "max_steps": args.max_steps,
-                    "batch_size": args.batch_size,
-                    "gradient_accumulation_steps": args.grad_accum,
-                    "learning_rate": args.lr,
-                    "max_seq_length": args.max_seq_length,
-                    "seed": args.seed,
-                    "use_lora": not args.full,
-                    "lora": {"r": args.lora_r, "lora_alpha": args.lora_alpha},
-                    "logging_steps": args.logging_steps,
-                    "resume": args.resume,
-                    "register": args.register,
-                    "registry_path": args.registry,
-                },
-                DistillConfig,
-            )
-        except msgspec.ValidationError as exc:
-            raise ConfigurationError(f"invalid distill option: {exc}") from exc
+        """Build a :class:`DistillConfig` from ``--config``, env and flags, and train."""
+        config = config_from_args(DistillConfig, args)
+        if not config.dataset_path:
+            raise ConfigurationError("no dataset: pass --dataset or set dataset_path")
         distiller = Distiller(config)
         distiller.train(config.dataset_path)
         history = distiller.trainer.state.log_history

@@ -23,6 +23,7 @@ from msgspec import Meta, Struct
 
 from forge_sdk import TrainingMethod, TrainingResult, hookimpl
 from forge_sdk.errors import ConfigurationError, DataError, ModelError, UpstreamError
+from forge_train.flags import Flag, add_flags, config_from_args
 
 __all__ = [
     "SyntheticConfig",
@@ -500,16 +501,39 @@ class SynthCommand(TrainingMethod):
     name: ClassVar[str] = "synth"
     help: ClassVar[str] = "generate synthetic chat data from templates or seed examples (self-instruct)"
 
+    flags: ClassVar[list[Flag]] = [
+        Flag(
+            "--model",
+            "model_name",
+            "local teacher model, or the model name at --base-url",
+            metavar="PATH|ID",
+            group="teacher",
+        ),
+        Flag(
+            "--base-url", "base_url", "OpenAI-compatible endpoint (e.g. http://host:8000/v1)", group="teacher"
+        ),
+        Flag("--api-key", "api_key", "API key for --base-url", metavar="KEY", group="teacher"),
+        Flag("--num-samples", "num_samples", "records to generate", int, "N", group="sampling"),
+        Flag("--temperature", "temperature", "sampling temperature", float, "T", group="sampling"),
+        Flag("--max-new-tokens", "max_new_tokens", "tokens per answer", int, "N", group="sampling"),
+        Flag("--batch-size", "batch_size", "prompts per local generate call", int, "N", group="sampling"),
+        Flag("--concurrency", "concurrency", "concurrent endpoint requests", int, "N", group="sampling"),
+        Flag("--system", "system_prompt", "system prompt", metavar="TEXT", group="sampling"),
+        Flag("--seed", "seed", "random seed", int, "N", group="sampling"),
+        Flag(
+            "--no-progress",
+            "show_progress",
+            "hide the progress bar",
+            action="store_const",
+            const=False,
+            group="sampling",
+        ),
+    ]
+
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """Teacher, source (template or seed file), output and sampling flags."""
-        parser.add_argument(
-            "--model", default="", help="local teacher model, or the model name at --base-url"
-        )
-        parser.add_argument(
-            "--base-url", default=None, help="OpenAI-compatible endpoint (e.g. http://host:8000/v1)"
-        )
-        parser.add_argument("--api-key", default=None, help="API key for --base-url")
+        """Source (template or seed file) and output flags, then the teacher and sampling
+        settings from the shared flag table (``--config`` / ``FORGE_TRAIN_<FIELD>`` too)."""
         source = parser.add_mutually_exclusive_group(required=True)
         source.add_argument("--template", help="prompt template with {placeholders}")
         source.add_argument("--template-file", help="file holding the prompt template")
@@ -519,38 +543,11 @@ class SynthCommand(TrainingMethod):
         )
         parser.add_argument("--variables", default=None, help="JSON file: {name: [values, ...]}")
         parser.add_argument("--output", required=True, help="output JSONL file")
-        parser.add_argument("--num-samples", type=int, default=100, help="records to generate")
-        parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
-        parser.add_argument("--max-new-tokens", type=int, default=256, help="tokens per answer")
-        parser.add_argument("--batch-size", type=int, default=8, help="prompts per local generate call")
-        parser.add_argument("--concurrency", type=int, default=8, help="concurrent endpoint requests")
-        parser.add_argument("--system", default=None, help="system prompt")
-        parser.add_argument("--seed", type=int, default=42, help="random seed")
-        parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+        add_flags(parser, SyntheticConfig, cls.flags)
 
     def run(self, args: argparse.Namespace) -> TrainingResult:
         """Generate and write the JSONL file."""
-        import msgspec
-
-        try:
-            config = msgspec.convert(
-                {
-                    "model_name": args.model,
-                    "base_url": args.base_url,
-                    "api_key": args.api_key,
-                    "num_samples": args.num_samples,
-                    "temperature": args.temperature,
-                    "max_new_tokens": args.max_new_tokens,
-                    "batch_size": args.batch_size,
-                    "concurrency": args.concurrency,
-                    "system_prompt": args.system,
-                    "seed": args.seed,
-                    "show_progress": not args.no_progress,
-                },
-                SyntheticConfig,
-            )
-        except msgspec.ValidationError as exc:
-            raise ConfigurationError(f"invalid synth option: {exc}") from exc
+        config = config_from_args(SyntheticConfig, args)
         generator = SyntheticDataGenerator(config)
         if args.seed_file:
             path = Path(args.seed_file)

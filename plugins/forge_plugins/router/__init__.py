@@ -1,4 +1,7 @@
-"""The query router: features, models, encoder, training, evaluation and the built-in classifiers.
+"""The query router at run time: features, the tf-idf model, the ONNX encoder, and the built-in
+classifiers. It needs numpy (and onnxruntime + tokenizers for the encoder), never torch or
+scikit-learn: the recipe, data generation, fine-tuning and evaluation live in
+:mod:`forge_plugins.router.train`, imported only by ``forge-train router`` / ``router-eval``.
 
 See ``README.md`` beside this file for how a query flows through it.
 """

@@ -1,7 +1,7 @@
 """The fine-tuned encoder of the router at run time: int8 ONNX MiniLM + classification head.
 
 ``forge-train router`` fine-tunes all-MiniLM-L6-v2 end to end with a linear head
-(:mod:`forge_plugins.router.finetune`), exports it to ONNX and quantises its weights to int8. At
+(:mod:`forge_plugins.router.train.finetune`), exports it to ONNX and quantises its weights to int8. At
 run time only ``onnxruntime``, ``tokenizers`` (the Rust tokenizer) and numpy are needed: no torch,
 no transformers, no model hub. One session runs on one thread (the gateway runs classification in
 a worker thread, and many requests in parallel should not fight over cores).

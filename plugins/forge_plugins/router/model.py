@@ -3,7 +3,7 @@
 Inference is plain numpy over weights stored in ``router.npz`` (no pickle: the vocabulary is a
 unicode array, the rest float32) plus ``router.json`` metadata, so loading is safe and needs
 neither sklearn nor a model hub. Training (sklearn, imported lazily) lives in
-:mod:`forge_plugins.router.training`.
+:mod:`forge_plugins.router.train.training`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 
-from forge_plugins.router.data import LabelledQuery
+from forge_plugins.router.train.data import LabelledQuery
 
 __all__ = ["augment"]
 

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from forge_plugins.router.data import LabelledQuery
+from forge_plugins.router.train.data import LabelledQuery
 
 __all__ = [
     "evaluate",
@@ -125,7 +125,7 @@ def leave_one_source_out(
     Args:
         rows: ``router_train.jsonl`` rows (``query``, ``label``, ``source``).
         data_path: where the rows came from (the recipe finds its other files beside it).
-        recipe: a :class:`forge_plugins.router.recipe.Recipe`; ``recipe.encoder`` says whether
+        recipe: a :class:`forge_plugins.router.train.recipe.Recipe`; ``recipe.encoder`` says whether
             an encoder is fine-tuned per fold (minutes each) or only the tf-idf model (seconds).
         groups: the groups to hold out (default: all of them).
 
@@ -137,8 +137,8 @@ def leave_one_source_out(
 
     import numpy as np
 
-    from forge_plugins.router.recipe import build_training_set
-    from forge_plugins.router.training import train_router
+    from forge_plugins.router.train.recipe import build_training_set
+    from forge_plugins.router.train.training import train_router
 
     records = [(r["query"], r["label"]) for r in rows]
     full = build_training_set(records, data_path, recipe)
@@ -163,7 +163,7 @@ def leave_one_source_out(
         log_t = np.log(np.array([[tfidf.predict_proba(q)[lab] for lab in labels] for q, _ in held]) + 1e-12)
         result: dict[str, Any] = {"gold": [label for _, label in held], "tfidf": log_t.tolist()}
         if recipe.encoder:
-            from forge_plugins.router.finetune import finetune
+            from forge_plugins.router.train.finetune import finetune
 
             tuned = finetune(
                 fold.encoder_examples(recipe),

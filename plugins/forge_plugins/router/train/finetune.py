@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from forge_plugins.router.data import LabelledQuery
 from forge_plugins.router.encoder import ENCODER_FILE, TOKENIZER_FILE, token_window
 from forge_plugins.router.features import clip
+from forge_plugins.router.train.data import LabelledQuery
 from forge_sdk.errors import ConfigurationError
 
 __all__ = ["ENCODER_NAME", "ENCODER_PACKAGE", "FineTuned", "encoder_path", "export_onnx", "finetune"]

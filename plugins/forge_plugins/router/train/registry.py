@@ -14,7 +14,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from forge_plugins.router.data import LabelledQuery, read_lines
+from forge_plugins.router.train.data import LabelledQuery, read_lines
 from forge_sdk.errors import DataError
 
 __all__ = ["expert_dataset", "prompt_of", "registry_examples"]

@@ -23,7 +23,7 @@ class RouterTrainMethod(TrainingMethod):
     """Train the router: the tf-idf model and the fine-tuned encoder, mixed and calibrated.
 
     The shipped model was built with exactly (from the repository root, the data files of
-    ``../shared/data`` beside the labelled queries, see :mod:`forge_plugins.router.recipe`)::
+    ``../shared/data`` beside the labelled queries, see :mod:`forge_plugins.router.train.recipe`)::
 
         forge-train router --data ../shared/data/router_train.jsonl \
             --output plugins/forge_plugins/router/shipped
@@ -35,7 +35,7 @@ class RouterTrainMethod(TrainingMethod):
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
         """Flags: --data and/or --from-registry, --output; the rest only change the recipe."""
-        from forge_plugins.router.recipe import Recipe
+        from forge_plugins.router.train.recipe import Recipe
 
         r = Recipe()
         parser.add_argument("--data", help='labelled JSONL: {"query": ..., "label": ...} per line')
@@ -112,8 +112,8 @@ class RouterTrainMethod(TrainingMethod):
             forge_sdk.errors.DataError: a bad record (the message names file and line).
             forge_sdk.errors.ConfigurationError: a bad flag value.
         """
-        from forge_plugins.router.data import load_labelled
-        from forge_plugins.router.recipe import Recipe, train
+        from forge_plugins.router.train.data import load_labelled
+        from forge_plugins.router.train.recipe import Recipe, train
 
         if not args.data and not args.from_registry:
             raise ConfigurationError("forge-train router needs --data, --from-registry or both")
@@ -149,7 +149,7 @@ class RouterTrainMethod(TrainingMethod):
         records = load_labelled(args.data) if args.data else []
         registry: dict[str, object] = {}
         if args.from_registry:
-            from forge_plugins.router.registry import registry_examples
+            from forge_plugins.router.train.registry import registry_examples
 
             more, registry = registry_examples(
                 args.from_registry, per_expert=args.registry_examples, seed=args.seed
@@ -214,9 +214,9 @@ class RouterEvalMethod(TrainingMethod):
         """
         from forge_plugins.router.classifiers import HybridClassifier, NeuralClassifier
         from forge_plugins.router.combined import load_router
-        from forge_plugins.router.data import load_labelled
-        from forge_plugins.router.evaluation import evaluate, latency
         from forge_plugins.router.model import DEFAULT_MODEL_DIR
+        from forge_plugins.router.train.data import load_labelled
+        from forge_plugins.router.train.evaluation import evaluate, latency
         from forge_sdk import DEFAULT_EXPERTS, ExpertModel
 
         folder = Path(args.model) if args.model else DEFAULT_MODEL_DIR

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from forge_plugins.router.augment import augment
-from forge_plugins.router.data import LabelledQuery, load_chat_prompts, load_code_chat, load_filler
 from forge_plugins.router.model import RouterModel
+from forge_plugins.router.train.augment import augment
+from forge_plugins.router.train.data import LabelledQuery, load_chat_prompts, load_code_chat, load_filler
 
 __all__ = ["CALIBRATION", "DEFAULT_FILES", "Recipe", "TrainingSet", "build_training_set", "train"]
 
@@ -151,7 +151,7 @@ def build_training_set(
         forge_sdk.errors.DataError: a named source file is missing or malformed.
         forge_sdk.errors.ConfigurationError: the documentation corpus is unavailable.
     """
-    from forge_plugins.router.data import load_labelled
+    from forge_plugins.router.train.data import load_labelled
 
     data = Path(data_path)
     filler_path = _beside(data, recipe.filler, "filler")
@@ -164,16 +164,16 @@ def build_training_set(
         turns = load_chat_prompts(chat_path, recipe.chat_prompts_n, seed=recipe.seed)
         extra += [(turn, recipe.chat_prompts_label) for turn in turns]
     if recipe.domain_docs:
-        from forge_plugins.router.corpus import domain_docs
+        from forge_plugins.router.train.corpus import domain_docs
 
         extra += domain_docs(recipe.domain_docs, seed=recipe.seed)
     if recipe.generated:
-        from forge_plugins.router.generated import generated_examples
+        from forge_plugins.router.train.generated import generated_examples
 
         extra += generated_examples(recipe.generated, seed=recipe.seed)
     core: list[LabelledQuery] = []
     if recipe.practical:
-        from forge_plugins.router.practical import practical_examples
+        from forge_plugins.router.train.practical import practical_examples
 
         core = practical_examples(recipe.practical, filler=filler, seed=recipe.seed)
     sources = {
@@ -202,7 +202,7 @@ def train(
         forge_sdk.errors.ConfigurationError: the encoder needs packages that are not installed.
     """
     from forge_plugins.router.encoder import ENCODER_FILE, TOKENIZER_FILE
-    from forge_plugins.router.training import train_router
+    from forge_plugins.router.train.training import train_router
 
     out = Path(output)
     data = build_training_set(records, data_path, recipe)
@@ -222,13 +222,13 @@ def train(
     }
     model.meta["sources"] = {**data.sources, "extra": [Path(p).name for p in recipe.extra]}
     if recipe.domain_docs:
-        from forge_plugins.router.corpus import domain_docs_versions
+        from forge_plugins.router.train.corpus import domain_docs_versions
 
         model.meta["domain_docs_versions"] = domain_docs_versions()
     model.meta["combine"] = CALIBRATION
     out.mkdir(parents=True, exist_ok=True)
     if recipe.encoder:
-        from forge_plugins.router.finetune import ENCODER_NAME, export_onnx, finetune
+        from forge_plugins.router.train.finetune import ENCODER_NAME, export_onnx, finetune
 
         examples = data.encoder_examples(recipe)
         tuned = finetune(

@@ -8,10 +8,10 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from forge_plugins.router.augment import augment as augment_examples
-from forge_plugins.router.data import LabelledQuery
 from forge_plugins.router.features import extract
 from forge_plugins.router.model import RouterModel
+from forge_plugins.router.train.augment import augment as augment_examples
+from forge_plugins.router.train.data import LabelledQuery
 from forge_sdk.errors import DataError
 
 __all__ = ["train_router"]
