@@ -8,4 +8,9 @@ export OMP_NUM_THREADS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE
 ruff check .
 ruff format --check .
 mypy
+# The documentation site: any warning (broken link or anchor, undocumented config field) fails.
+# Not -q: at that log level MkDocs drops the warnings that strict mode counts.
+site_dir="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$site_dir"
+rm -rf "$site_dir"
 python -m pytest -q "$@"
