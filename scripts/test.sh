@@ -13,4 +13,8 @@ mypy
 site_dir="$(mktemp -d)"
 NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$site_dir"
 rm -rf "$site_dir"
-python -m pytest -q "$@"
+# Fast tests run in a new random order each time (pytest-randomly; tests marked slow or vllm keep
+# file order at the end, see tests/conftest.py); replay an order with FORGE_TEST_SEED=N.
+seed=${FORGE_TEST_SEED:-$RANDOM}
+echo "test order seed: $seed (replay: FORGE_TEST_SEED=$seed bash scripts/test.sh)"
+python -m pytest -q -p randomly --randomly-seed="$seed" --durations=20 "$@"
