@@ -12,7 +12,7 @@ from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
 from forge_gateway.api_views import expert_entry, public_entry
-from forge_gateway.dispatch import Call, Dispatcher
+from forge_gateway.dispatch import CALL_KEY, Call, Dispatcher
 from forge_gateway.generation import plan_generation, run_to_completion
 from forge_gateway.routing import route_headers
 from forge_gateway.security.context import caller_allow_list, caller_is_admin, caller_may_use
@@ -20,7 +20,6 @@ from forge_gateway.security.policy import PUBLIC, generation
 from forge_gateway.state import Gateway
 from forge_sdk.errors import InvalidRequestError, UpstreamError
 from forge_sdk.types import (
-    ChatCompletionRequest,
     GenerateRequest,
     GenerateResponse,
     RouteDecision,
@@ -143,34 +142,24 @@ async def _generate_remote(dispatcher: Dispatcher, call: Call) -> Response[bytes
     return _json(GenerateResponse(text=text, expert=call.target.expert_name, tokens_used=tokens), headers)
 
 
-@post("/generate", status_code=200, opt=generation())
+@post("/generate", status_code=200, opt=generation("generate"))
 async def generate(
     request: Request[Any, Any, Any], gateway: Gateway, dispatcher: Dispatcher
 ) -> Response[bytes]:
     """Generate with automatic routing (or the ``expert`` given), SDD §7.1 shapes.
 
     It is a chat completion in the SDD's shapes, so it takes the same path as one: opened by the
-    dispatcher (limits, target, allow list), forwarded to a remote expert (usage recorded), or
-    run on the local engine.
+    dispatcher in front of the framework (limits, target, allow list), forwarded to a remote
+    expert (usage recorded), or run on the local engine.
     """
-    raw = await request.body()
-    req: GenerateRequest = dispatcher.decode(raw, GenerateRequest)
-    if (req.prompt is None) == (req.messages is None):
-        raise InvalidRequestError("give exactly one of `prompt` or `messages`", param="prompt")
-    messages = [{"role": m.role, "content": message_text(m)} for m in req.messages] if req.messages else None
-    chat: dict[str, Any] = {
-        "model": req.expert or "auto",
-        "messages": messages or [{"role": "user", "content": req.prompt}],
-        "max_tokens": req.max_tokens,
-        "temperature": req.temperature,
-    }
-    chat_request = msgspec.convert(chat, ChatCompletionRequest)
-    call = await dispatcher.open(chat_request, _encode(chat), "chat/completions", size=len(raw))
+    call: Call = request.scope["state"][CALL_KEY]
+    req: GenerateRequest = call.source
     expert = call.target.expert
     if expert is not None and expert.kind == "remote":
         remote = await _generate_remote(dispatcher, call)
         if remote is not None:
             return remote
+    messages = [{"role": m.role, "content": message_text(m)} for m in req.messages] if req.messages else None
     engine, target = await gateway.acquire(call.target)
     call.target = target
     plan = await plan_generation(

@@ -86,7 +86,8 @@ def create_app(
         # the handler Litestar matched (the middleware already did on the same lookup).
         guards=[route_guard],
         lifespan=[lifespan],
-        request_max_body_size=config.limits.max_body_bytes,
+        # The security middleware reads every body within limits.max_body_bytes first.
+        request_max_body_size=None,
         openapi_config=OpenAPIConfig(title="LargeForge gateway", version="0.1.0", path="/openapi"),
         debug=False,
         # Logging is configured once by forge_gateway.logs (JSON via structlog); Litestar's

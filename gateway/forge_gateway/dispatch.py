@@ -6,7 +6,9 @@ Every generation endpoint (the raw-ASGI fast path for ``/v1/chat/completions`` a
 1. :meth:`Dispatcher.decode` - the only place a request body is decoded (a 400 naming the field,
    also for bodies nested too deeply to decode);
 2. :meth:`Dispatcher.open` - the request-shape limits, the target (classified once) and the
-   key's allow list for it, bundled as a :class:`Call` that travels decoded to whoever serves it;
+   key's allow list for it, bundled as a :class:`Call` that travels decoded to whoever serves it
+   (the fast path opens every generation request, ``/generate`` included, once, before the
+   framework: the handlers receive the call);
 3. :meth:`Call.reserve` - the token-per-minute reservation, once per target served;
 4. :meth:`Dispatcher.forward` - for a remote expert: the body rewrite, the upstream call, the
    fallback (reasons from :data:`FALLBACK_WHY`, the one table) and usage recording.
@@ -36,7 +38,7 @@ from forge_sdk.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from forge_sdk.types import ChatCompletionRequest, CompletionRequest
+from forge_sdk.types import ChatCompletionRequest, CompletionRequest, GenerateRequest, message_text
 
 if TYPE_CHECKING:
     from forge_gateway.routing import Target
@@ -61,8 +63,9 @@ CALL_KEY = "forge.call"
 REQUEST_TYPES: dict[str, type[Any]] = {
     "chat/completions": ChatCompletionRequest,
     "completions": CompletionRequest,
+    "generate": GenerateRequest,
 }
-"""Request type per upstream path (the ``forge_upstream`` a route declares in its ``opt``)."""
+"""Request type per kind of call (the ``forge_upstream`` a route declares in its ``opt``)."""
 
 FALLBACK_WHY: dict[type[LargeForgeAIError], str] = {
     ExpertUnavailableError: "cooldown",
@@ -104,15 +107,38 @@ class Call:
     """Server-sent events instead of one JSON body."""
     client_usage: bool = False
     """The client asked for the usage chunk (``stream_options.include_usage``)."""
+    source: Any = None
+    """The request as the client's endpoint shaped it, when it is not :attr:`request`
+    (``/generate``'s :class:`~forge_sdk.types.GenerateRequest`)."""
+    authorized: Target | None = None
+    """The target the key's allow list was checked for."""
+
+    @property
+    def relayed(self) -> bool:
+        """Whether a remote expert's answer goes to the client as it is (not for ``/generate``,
+        whose answer is reshaped)."""
+        return self.source is None
+
+    def authorize(self) -> None:
+        """Check the key may use :attr:`target` (once per target).
+
+        Raises:
+            PermissionDeniedError: the key's allow list excludes it.
+        """
+        if self.authorized is not self.target:
+            authorize(self.target)
+            self.authorized = self.target
 
     async def reserve(self, tokens: int) -> None:
         """Reserve ``tokens`` of the key's tokens-per-minute budget for :attr:`target` (once
         the serving side knows the estimate: prompt tokens, or body size for a remote expert).
 
         Raises:
-            PermissionDeniedError, RateLimitError: see :func:`forge_gateway.security.admit`.
+            PermissionDeniedError: the target changed (a fallback) to one the key may not use.
+            RateLimitError: see :func:`forge_gateway.security.admit`.
         """
-        await admit(self.target, tokens)
+        self.authorize()
+        await admit(tokens)
 
 
 def _max_tokens(request: Any) -> int | None:
@@ -187,14 +213,45 @@ class Dispatcher:
                 "request body is nested too deeply to decode", code="invalid_json"
             ) from None
 
-    async def open(self, request: Any, body: bytes, path: str, *, size: int | None = None) -> Call:
+    async def open_body(self, kind: str, body: bytes) -> Call:
+        """Decode a client's body of ``kind`` (a key of :data:`REQUEST_TYPES`) and open its call.
+
+        ``/generate`` (``kind="generate"``) is a chat completion in the SDD's shapes: it opens as
+        one, with the client's request kept as :attr:`Call.source`.
+
+        Raises:
+            InvalidRequestError, ModelNotFoundError, PermissionDeniedError: see :meth:`decode`
+                and :meth:`open`.
+        """
+        request = self.decode(body, REQUEST_TYPES[kind])
+        if kind != "generate":
+            return await self.open(request, body, kind)
+        if (request.prompt is None) == (request.messages is None):
+            raise InvalidRequestError("give exactly one of `prompt` or `messages`", param="prompt")
+        messages = (
+            [{"role": m.role, "content": message_text(m)} for m in request.messages]
+            if request.messages
+            else [{"role": "user", "content": request.prompt}]
+        )
+        chat = {
+            "model": request.expert or "auto",
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+        }
+        call = await self.open(
+            msgspec.convert(chat, ChatCompletionRequest), _encode(chat), "chat/completions"
+        )
+        call.size, call.source = len(body), request
+        return call
+
+    async def open(self, request: Any, body: bytes, path: str) -> Call:
         """Check the request's shape limits, resolve its target and check the key may use it.
 
         Args:
             request: a decoded chat or text completion request.
             body: the JSON body a remote expert would get.
             path: the upstream path (``chat/completions`` or ``completions``).
-            size: bytes of the client's body, when ``body`` is not it.
 
         Raises:
             InvalidRequestError: too many messages or ``max_tokens`` above the server cap.
@@ -210,19 +267,20 @@ class Dispatcher:
         target = await self.gateway.catalog.aresolve(
             request.model, lambda: query_text(request), caller_allow_list()
         )
-        authorize(target)  # before anything (an upstream call, a standalone engine) runs for it
         options = getattr(request, "stream_options", None)
-        return Call(
+        call = Call(
             request,
             body,
             path,
             target,
-            len(body) if size is None else size,
+            len(body),
             max_tokens,
             request.n,
             bool(request.stream),
             bool(options and options.include_usage),
         )
+        call.authorize()  # before anything (an upstream call, a standalone engine) runs for it
+        return call
 
     async def forward(self, call: Call) -> UpstreamReply | None:
         """Send a remote expert's call upstream (retries, cooldown) and account its usage.
@@ -244,7 +302,7 @@ class Dispatcher:
         except (UpstreamError, ExpertUnavailableError) as exc:
             log.warning("expert_fallback", expert=target.expert_name, error=exc.message)
             call.target = gateway.catalog.fallback(target, fallback_reason(exc))
-            authorize(call.target)
+            call.authorize()
             return None
         if reply.status >= 400:
             return reply

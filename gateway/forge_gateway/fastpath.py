@@ -4,13 +4,15 @@ Proxying is the gateway's cheapest job, so the framework's per-request machinery
 dependency injection, signature parsing, response objects) was most of its cost: measured at
 about 3x the CPU of a bare ASGI proxy on the same upstream client. This layer sits inside the
 security middleware (keys, rate limits, admission, metrics, access log still apply) and in front
-of Litestar. For the routes that declare an upstream path (``POST /v1/chat/completions`` and
-``/v1/completions``, however the path is spelled: the security layer's route authority decided)
+of Litestar. For the routes that declare a kind of call (``POST /v1/chat/completions``,
+``/v1/completions`` and ``/generate``, however the path is spelled: the security layer's route authority decided)
 it decodes the body once and opens the request's :class:`~forge_gateway.dispatch.Call`
-(limits, target, allow list); a remote expert's call is forwarded and relayed from here.
+(limits, target, allow list); a remote expert's chat or text completion is forwarded and relayed
+from here.
 
-A local expert's call, and a remote one that fell back, go on to the Litestar handler with the
-decoded call in the scope (``state[CALL_KEY]``): the body is never decoded twice.
+Every other call (a local expert's, a remote one that fell back, ``/generate``'s) goes on to its
+Litestar handler with the decoded call in the scope (``state[CALL_KEY]``): the body is never
+decoded twice, and the handlers never check limits or keys again.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import structlog
 
-from forge_gateway.dispatch import CALL_KEY, REQUEST_TYPES, Call, Dispatcher
+from forge_gateway.dispatch import CALL_KEY, Call, Dispatcher
 from forge_gateway.errors import internal_error, send_error
 from forge_gateway.routing import route_headers
 from forge_gateway.security.policy import POLICY_SCOPE_KEY
@@ -64,12 +66,11 @@ class RemoteFastPath:
         try:
             # The security middleware already read the whole body within the size and time limits.
             body = await _read_body(receive)
-            dispatcher = self.dispatcher
-            request = dispatcher.decode(body, REQUEST_TYPES[upstream_path])
-            call = await dispatcher.open(request, body, upstream_path)
+            call = await self.dispatcher.open_body(upstream_path, body)
             expert = call.target.expert
-            if expert is not None and expert.kind == "remote" and await self._proxy(call, receive, tracked):
-                return
+            if call.relayed and expert is not None and expert.kind == "remote":
+                if await self._proxy(call, receive, tracked):
+                    return
             scope.setdefault("state", {})[CALL_KEY] = call
             await self.app(scope, _replay(body, receive), send)
         except LargeForgeAIError as exc:

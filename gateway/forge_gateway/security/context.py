@@ -36,8 +36,8 @@ class Gatekeeper(Protocol):
         """Check the key's allow list admits ``target`` (see ``SecurityLayer.authorize``)."""
         ...
 
-    async def admit(self, ctx: RequestContext, target: Target, estimated_tokens: int) -> None:
-        """Check the key may use ``target`` and reserve its tokens (see ``SecurityLayer.admit``)."""
+    async def admit(self, ctx: RequestContext, estimated_tokens: int) -> None:
+        """Reserve the request's tokens (see ``SecurityLayer.admit``)."""
         ...
 
 

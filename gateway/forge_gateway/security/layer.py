@@ -1,7 +1,8 @@
 """Wire keys, limits, admission, ledger and metrics into a gateway app.
 
-:func:`~forge_gateway.security.install.install_security` builds one per app; handlers call
-:func:`admit` after resolving a request's target (model permission + token-per-minute reservation).
+:func:`~forge_gateway.security.install.install_security` builds one per app. The dispatcher
+(:mod:`forge_gateway.dispatch`) calls :func:`authorize` when it opens a request (the key's allow
+list) and :func:`admit` once the token estimate is known (the token-per-minute reservation).
 """
 
 from __future__ import annotations
@@ -199,17 +200,16 @@ class SecurityLayer:
                 param="model",
             )
 
-    async def admit(self, ctx: RequestContext, target: Target, estimated_tokens: int) -> None:
-        """Check the key may use ``target`` and reserve ``estimated_tokens`` of its TPM budget.
+    async def admit(self, ctx: RequestContext, estimated_tokens: int) -> None:
+        """Reserve ``estimated_tokens`` of the key's TPM budget (the target was authorised when
+        the request was opened: :func:`authorize`).
 
         Raises:
-            PermissionDeniedError: the key's allow list excludes this model/expert.
             RateLimitError: the reservation does not fit the tokens-per-minute budget.
         """
         key = ctx.key
         if key is None:
             return
-        self.authorize(ctx, target)
         tpm = key.tpm or self.config.rate_limit.default_tpm
         if not tpm:
             return
@@ -278,18 +278,19 @@ class SecurityLayer:
                 log.warning("tpm_reconcile_failed", error=why)
 
 
-async def admit(target: Target, estimated_tokens: int) -> None:
-    """Called by generation handlers once the target and token estimate are known.
+async def admit(estimated_tokens: int) -> None:
+    """Reserve the request's token estimate (called once per target served, by
+    :meth:`forge_gateway.dispatch.Call.reserve`).
 
     Outside a request handled by the security middleware (e.g. direct calls in tests) it does
     nothing.
 
     Raises:
-        PermissionDeniedError, RateLimitError: see :meth:`SecurityLayer.admit`.
+        RateLimitError: see :meth:`SecurityLayer.admit`.
     """
     ctx = current_request.get()
     if ctx is not None and ctx.key is not None:
-        await ctx.layer.admit(ctx, target, estimated_tokens)
+        await ctx.layer.admit(ctx, estimated_tokens)
 
 
 def authorize(target: Target) -> None:

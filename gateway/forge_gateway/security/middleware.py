@@ -7,8 +7,9 @@ will pick, never on the raw path. The work per request is a header scan, a cache
 one SHA-256, a GCRA update and a few counters; refusals are written straight to the socket
 without entering the framework.
 
-Generation requests have their whole body read first (bounded in size and time: 413 / 408) and
-only then take a concurrency slot, so slow uploads cannot hold the slots.
+Requests with a body have it read whole first, bounded in size and time (413 / 408: the only
+place those limits are enforced); generation requests only then take a concurrency slot, so slow
+uploads cannot hold the slots.
 """
 
 from __future__ import annotations
@@ -49,6 +50,10 @@ _ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234
 _WATCHED = frozenset(
     {b"authorization", b"x-api-key", b"x-request-id", b"origin", b"host", b"content-type", b"content-length"}
 )
+
+
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+"""Methods whose body the middleware reads (bounded in size and time) before anything else."""
 
 
 class _ClientGoneError(Exception):
@@ -149,9 +154,11 @@ class SecurityMiddleware:
         try:
             try:
                 await self._guard(ctx, policy, method, token, seen)
-                if policy.generation and method == "POST":
+                if method in _BODY_METHODS:
+                    # The one place the body-size limit (and deadline) is enforced, for every route.
                     body = await self._read_body(receive, seen.get(b"content-length"))
                     receive = _replay(body, receive)
+                if policy.generation and method == "POST":
                     await layer.admission.acquire()
                     admitted = True
             except LargeForgeAIError as exc:
