@@ -132,3 +132,24 @@ async def test_no_engine_starts_for_a_key_that_may_not_use_it_and_engines_are_ca
             break
         await asyncio.sleep(0.1)
     assert await _state(gw, "solo1") == "idle"
+
+
+async def test_generate_on_a_remote_expert_is_metered(gw: Gateway) -> None:
+    before = await _used_tokens(gw)
+    body = json.dumps({"prompt": "review my contract", "expert": "legal", "max_tokens": 4}).encode()
+    resp = await gw.request("POST", "/generate", "metered", body=body, headers=JSON)
+    assert resp.status == 200 and resp.json()["expert"] == "legal", resp.body
+    assert await _used_tokens(gw) - before == 9  # the upstream's usage, as for /v1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_every_remote_path_fills_max_tokens_and_meters(gw: Gateway, stream: bool) -> None:
+    # Text completions take the same path as chat: a missing max_tokens is capped (the TPM
+    # reservation assumed it) and a stream asks the upstream for its usage.
+    before = await _used_tokens(gw)
+    body = json.dumps({"model": "legal", "prompt": "x", "stream": stream}).encode()
+    resp = await gw.request("POST", "/v1/completions", "metered", body=body, headers=JSON)
+    assert resp.status == 200, resp.body
+    sent = gw.upstream.requests[-1]["body"]
+    assert sent["max_tokens"] == 16 and (sent.get("stream_options") == {"include_usage": True}) is stream
+    assert await _used_tokens(gw) - before == 9
