@@ -17,8 +17,8 @@ from forge_gateway.api_openai import openai_routes
 from forge_gateway.api_sdd import sdd_routes
 from forge_gateway.config import GatewayConfig
 from forge_gateway.dispatch import Dispatcher
+from forge_gateway.engine_pool import engine_options
 from forge_gateway.engines.base import Engine
-from forge_gateway.engines.vllm_parallel import vllm_parallel_options
 from forge_gateway.errors import exception_handlers
 from forge_gateway.fastpath import RemoteFastPath
 from forge_gateway.security import install_security
@@ -101,31 +101,3 @@ def create_app(
     # Per-replica state of remote experts, read from the upstream pool at scrape time.
     layer.metrics.registry.register(UpstreamCollector(gateway.upstreams.replica_sets))
     return app
-
-
-def engine_options(config: GatewayConfig, *, adapters: bool = False) -> dict[str, object]:
-    """Engine keyword arguments from the config's ``[engine]`` section.
-
-    Args:
-        config: the gateway config.
-        adapters: adapter experts are registered (``enable_lora = "auto"`` turns LoRA on then).
-    """
-    from forge_gateway.model_source import derive_max_model_len
-
-    e = config.engine
-    lora = adapters if e.enable_lora == "auto" else e.enable_lora
-    options: dict[str, object] = {"enable_lora": lora, "dtype": e.dtype}
-    max_model_len = derive_max_model_len(config.model, e.max_model_len)
-    if max_model_len is not None:  # None: neither config nor model says; the engine derives it
-        options["max_model_len"] = max_model_len
-    if e.kind in ("vllm", "auto"):
-        options.update(
-            max_loras=e.max_loras,
-            max_lora_rank=e.max_lora_rank,
-            quantization=e.quantization,
-            gpu_memory_utilization=e.gpu_memory_utilization,
-            **vllm_parallel_options(e),
-        )
-    if e.kind == "transformers":
-        options["max_batch_size"] = e.max_batch_size
-    return options

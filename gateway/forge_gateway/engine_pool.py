@@ -39,6 +39,7 @@ __all__ = [
     "EngineFactory",
     "EnginePool",
     "checkpoint_quantization",
+    "engine_options",
     "engine_quantization",
     "standalone_factory",
 ]
@@ -94,6 +95,67 @@ def engine_quantization(expert: ExpertModel) -> str | None:
     return expert.quantization
 
 
+def engine_options(
+    config: GatewayConfig,
+    *,
+    adapters: bool = False,
+    expert: ExpertModel | None = None,
+    kind: str | None = None,
+) -> dict[str, Any]:
+    """Engine keyword arguments from the config's ``[engine]`` section: the one place they are made.
+
+    Args:
+        config: the gateway config.
+        adapters: adapter experts are registered (``enable_lora = "auto"`` turns LoRA on then).
+        expert: a standalone expert: its checkpoint, without LoRA, with the standalone share of
+            GPU memory and its own quantization (None: the base model's engine).
+        kind: the engine kind (default ``[engine] kind``; a standalone expert's is the base's).
+
+    Raises:
+        ModelError: a standalone expert's quantization that its engine cannot apply.
+    """
+    from forge_gateway.model_source import derive_max_model_len
+
+    e = config.engine
+    kind = kind or e.kind
+    dtype = e.dtype
+    if expert is None:
+        path = config.model
+        quantization = e.quantization
+        gpu_memory_utilization = e.gpu_memory_utilization
+        lora = adapters if e.enable_lora == "auto" else e.enable_lora
+    else:
+        path = str(Path(str(expert.model_path)).expanduser())
+        quantization = engine_quantization(expert)
+        gpu_memory_utilization = e.standalone_gpu_memory_utilization
+        lora = False
+        if dtype in ("float32", "float") and checkpoint_quantization(path):
+            # Weight-only int kernels (vLLM's W4A16 on CPU among them) compute in half precision
+            # only: a float32 gateway (exact-match tests) would kill the engine at its first batch.
+            dtype = "auto"
+    options: dict[str, Any] = {"enable_lora": lora, "dtype": dtype}
+    # A standalone checkpoint gets the base's setting, capped to what it allows.
+    max_model_len = derive_max_model_len(path, e.max_model_len, strict=expert is None)
+    if max_model_len is not None:  # None: neither config nor model says; the engine derives it
+        options["max_model_len"] = max_model_len
+    if kind in ("vllm", "auto"):
+        options.update(
+            quantization=quantization,
+            gpu_memory_utilization=gpu_memory_utilization,
+            **vllm_parallel_options(e),
+        )
+        if expert is None:
+            options.update(max_loras=e.max_loras, max_lora_rank=e.max_lora_rank)
+    elif expert is not None and quantization is not None:
+        raise ModelError(
+            f"expert {expert.name!r}: the {kind} engine cannot quantize on the fly "
+            f"({quantization}); serve a quantized checkpoint or use the vLLM engine"
+        )
+    if kind == "transformers":
+        options["max_batch_size"] = e.max_batch_size
+    return options
+
+
 def standalone_factory(config: GatewayConfig, kind: str) -> EngineFactory:
     """Engines for standalone experts: the base engine's kind and settings, without LoRA.
 
@@ -101,38 +163,12 @@ def standalone_factory(config: GatewayConfig, kind: str) -> EngineFactory:
         config: the gateway config (its ``[engine]`` section).
         kind: the base engine's kind, ``vllm`` or ``transformers``.
     """
-    e = config.engine
 
     def build(expert: ExpertModel) -> Engine:
         from forge_gateway.engines import create_engine
-        from forge_gateway.model_source import derive_max_model_len
 
-        quantization = engine_quantization(expert)
-        dtype = e.dtype
-        if dtype in ("float32", "float") and checkpoint_quantization(str(expert.model_path)):
-            # Weight-only int kernels (vLLM's W4A16 on CPU among them) compute in half precision
-            # only: a float32 gateway (exact-match tests) would kill the engine at its first batch.
-            dtype = "auto"
-        options: dict[str, Any] = {"dtype": dtype, "enable_lora": False}
-        path = str(Path(str(expert.model_path)).expanduser())
-        # The base's setting, capped to what this expert's checkpoint allows.
-        max_model_len = derive_max_model_len(path, e.max_model_len, strict=False)
-        if max_model_len is not None:
-            options["max_model_len"] = max_model_len
-        if kind == "vllm":
-            options.update(
-                quantization=quantization,
-                gpu_memory_utilization=e.standalone_gpu_memory_utilization,
-                **vllm_parallel_options(e),
-            )
-        elif quantization is not None:
-            raise ModelError(
-                f"expert {expert.name!r}: the {kind} engine cannot quantize on the fly "
-                f"({quantization}); serve a quantized checkpoint or use the vLLM engine"
-            )
-        else:
-            options["max_batch_size"] = e.max_batch_size
-        return create_engine(kind, path, **options)  # type: ignore[arg-type]
+        options = engine_options(config, expert=expert, kind=kind)
+        return create_engine(kind, str(Path(str(expert.model_path)).expanduser()), **options)  # type: ignore[arg-type]
 
     return build
 
