@@ -27,7 +27,6 @@ import msgspec
 import structlog
 
 from forge_gateway.errors import validation_error
-from forge_gateway.generation import check_request_limits
 from forge_gateway.oai.decoding import query_text, request_decoder
 from forge_gateway.security import admit, authorize, estimate_remote_tokens
 from forge_gateway.security.context import caller_allow_list
@@ -41,6 +40,7 @@ from forge_sdk.errors import (
 from forge_sdk.types import ChatCompletionRequest, CompletionRequest, GenerateRequest, message_text
 
 if TYPE_CHECKING:
+    from forge_gateway.config import LimitsConfig
     from forge_gateway.routing import Target
     from forge_gateway.state import Gateway
     from forge_gateway.upstream import UpstreamReply
@@ -51,6 +51,7 @@ __all__ = [
     "REQUEST_TYPES",
     "Call",
     "Dispatcher",
+    "check_request_limits",
     "fallback_reason",
     "upstream_body",
 ]
@@ -75,6 +76,21 @@ FALLBACK_WHY: dict[type[LargeForgeAIError], str] = {
 """Why a remote expert's request went to the fallback (``x-forge-route-reason: fallback:<why>``)."""
 
 _encode = msgspec.json.Encoder().encode
+
+
+def check_request_limits(limits: LimitsConfig, *, messages: int | None, max_tokens: int | None) -> None:
+    """The request-shape limits every generation obeys, local or remote (``/generate`` too),
+    checked once, when the request is opened.
+
+    Raises:
+        InvalidRequestError: too many messages, or ``max_tokens`` above the server cap.
+    """
+    if messages is not None and messages > limits.max_messages:
+        raise InvalidRequestError(f"too many messages: {messages} > {limits.max_messages}", param="messages")
+    if max_tokens is not None and max_tokens > limits.max_tokens:
+        raise InvalidRequestError(
+            f"max_tokens {max_tokens} is above this server's limit of {limits.max_tokens}", param="max_tokens"
+        )
 
 
 def fallback_reason(exc: LargeForgeAIError) -> str:

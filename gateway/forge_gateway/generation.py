@@ -30,7 +30,6 @@ from forge_sdk.errors import ContextLengthExceededError, InvalidRequestError
 __all__ = [
     "Choice",
     "GenerationPlan",
-    "check_request_limits",
     "plan_generation",
     "run_many",
     "run_to_completion",
@@ -77,20 +76,6 @@ async def _run_blocking(fn, *args):  # type: ignore[no-untyped-def]
     return await anyio.to_thread.run_sync(fn, *args)
 
 
-def check_request_limits(limits: LimitsConfig, *, messages: int | None, max_tokens: int | None) -> None:
-    """The request-shape limits every generation obeys, local or remote (``/generate`` too).
-
-    Raises:
-        InvalidRequestError: too many messages, or ``max_tokens`` above the server cap.
-    """
-    if messages is not None and messages > limits.max_messages:
-        raise InvalidRequestError(f"too many messages: {messages} > {limits.max_messages}", param="messages")
-    if max_tokens is not None and max_tokens > limits.max_tokens:
-        raise InvalidRequestError(
-            f"max_tokens {max_tokens} is above this server's limit of {limits.max_tokens}", param="max_tokens"
-        )
-
-
 async def plan_generation(
     engine: Engine,
     *,
@@ -123,11 +108,12 @@ async def plan_generation(
         options: further :class:`SamplingOptions` fields (vLLM extensions, log-probs, constraint).
         request_id: reuse this id (several prompts of one request), else a fresh one.
 
+    The request-shape limits (messages, the ``max_tokens`` cap) were checked when the request
+    was opened (:meth:`forge_gateway.dispatch.Dispatcher.open`).
+
     Raises:
-        InvalidRequestError: ``max_tokens`` above the server cap, or too many messages.
         ContextLengthExceededError: prompt plus ``max_tokens`` exceed the context.
     """
-    check_request_limits(limits, messages=None if messages is None else len(messages), max_tokens=max_tokens)
     if messages is not None:
         size = sum(len(m["content"]) for m in messages)
         kwargs = {**(render or {}), "tools": tools}
