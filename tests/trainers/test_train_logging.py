@@ -62,3 +62,22 @@ def test_plot_without_eval_draws_the_training_loss_alone(tmp_path: Path) -> None
     assert _pixels(png, TRAIN_COLOUR) > 100 and _pixels(png, EVAL_COLOUR) == 0
     plot_loss([(1, 2.0), (2, 1.5), (3, 1.2)], png, "t", evals=[(2, 1.8), (3, 1.6)])
     assert _pixels(png, EVAL_COLOUR) > 100
+
+
+def test_cli_flags_set_the_eval_set_and_intervals(tmp_path: Path) -> None:
+    import argparse
+
+    from forge_train.methods import SFTMethod
+
+    parser = argparse.ArgumentParser()
+    SFTMethod.add_arguments(parser)
+    args = parser.parse_args(
+        ["--model", "m", "--dataset", "d.jsonl", "--output", str(tmp_path), "--eval-dataset", "held.jsonl"]
+    )
+    cfg = SFTMethod.build_config(args)
+    assert (cfg.eval_dataset_path, cfg.eval_steps, cfg.logging_steps) == ("held.jsonl", None, None)
+    args = parser.parse_args(
+        ["--model", "m", "--output", str(tmp_path), "--eval-steps", "3", "--logging-steps", "2"]
+    )
+    cfg = SFTMethod.build_config(args)
+    assert (cfg.eval_steps, cfg.logging_steps) == (3, 2)
