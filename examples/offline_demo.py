@@ -198,7 +198,12 @@ def main() -> int:
         # `math`, the plugin's `mathexpert`); the route reason ends with the rule that decided.
         resp = client.chat.completions.with_raw_response.create(
             model="auto",
-            messages=[{"role": "user", "content": "A shop sells pens at $3 each. How much do 7 pens cost?"}],
+            messages=[
+                {
+                    "role": "user",
+                    "content": "Sam has 5 bags with 2 oranges in each bag. How many oranges does Sam have?",
+                }
+            ],
             max_tokens=64,
             temperature=0,
         )
