@@ -103,10 +103,10 @@ def experts_nll() -> None:
         ax,
         ["math questions", "code questions", "both (mixed)"],
         {
-            "base model": [1.336, 1.093, 1.237],
-            "math expert": [1.040, 1.040, 1.040],
-            "code expert": [1.292, 0.920, 1.141],
-            'model="auto" (router picks)': [1.040, 0.920, 0.991],
+            "base model": [1.336, 1.094, 1.237],
+            "math-smol expert": [1.042, 1.044, 1.043],
+            "code-smol expert": [1.299, 0.920, 1.144],
+            'model="auto" (router picks)': [1.042, 0.920, 0.992],
         },
         fmt="{:.3f}",
     )

@@ -149,6 +149,11 @@ class ApiConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     tool_parser: str = "auto"
     """Tool-call parser for ``tool_choice: "auto"`` (a registered name such as ``hermes`` or
     ``llama3_json``); ``auto`` picks it from the model's chat template, else ``hermes``."""
+    list_aliases: bool = False
+    """List base-model aliases in ``/v1/models``: experts with no weights of their own, such as
+    the built-in ``general``/``code``/``math``/``writing`` or the example plugin's ``mathexpert``.
+    Off: ``/v1/models`` shows the base model, experts with weights of their own and ``auto``,
+    since every alias answers exactly as the base model; aliases still answer when named."""
 
 
 class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -248,6 +248,7 @@ async def live(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
         )
     )
     reg.register(ExpertModel(name="flaky", endpoint=upstream.url("flaky"), **remote))
+    reg.register(ExpertModel(name="flakystream", endpoint=upstream.url("flakystream"), **remote))
     reg.register(ExpertModel(name="slow", endpoint=upstream.url("slow"), timeout=0.3, max_retries=0))
     reg.register(ExpertModel(name="reject", endpoint=upstream.url("reject"), **remote))
     reg.register(ExpertModel(name="cut", endpoint=upstream.url("cut"), **remote))
@@ -406,15 +407,20 @@ async def test_connect_errors_retry_then_cooldown_shows_in_experts(live: Live) -
     start = time.monotonic()
     resp = await live.http.post("/v1/chat/completions", json=_chat("down", max_tokens=1))
     assert resp.headers["x-forge-route-reason"] == "fallback:down-cooldown"
-    assert time.monotonic() - start < 1.0  # no retries, no connect attempts while cooling down
+    # The reason already shows no attempt was made; the bound (generous: a loaded machine) shows no
+    # connect timeout or backoff was waited for either.
+    assert time.monotonic() - start < 5.0
 
 
 async def test_stream_falls_back_before_the_first_byte(live: Live) -> None:
-    live.upstream.fail_next["flaky"] = 3  # every attempt (1 + 2 retries) fails
-    async with live.http.stream("POST", "/v1/chat/completions", json=_chat("flaky", stream=True)) as resp:
+    # Its own expert and upstream path: the failed request counts towards "flakystream"'s circuit,
+    # not towards the one test_retries_503_with_exponential_backoff needs closed.
+    live.upstream.fail_next["flakystream"] = 3  # every attempt (1 + 2 retries) fails
+    body = _chat("flakystream", stream=True)
+    async with live.http.stream("POST", "/v1/chat/completions", json=body) as resp:
         assert resp.status_code == 200
         assert resp.headers["x-forge-expert"] == "general"
-        assert resp.headers["x-forge-route-reason"] == "fallback:flaky-error"
+        assert resp.headers["x-forge-route-reason"] == "fallback:flakystream-error"
         lines = [line async for line in resp.aiter_lines() if line.startswith("data: ")]
     assert lines[-1] == "data: [DONE]" and json.loads(lines[0][6:])["model"] == "general"
 
@@ -454,7 +460,7 @@ async def test_route_generate_and_models_cover_remote_experts(live: Live) -> Non
     assert forced.status_code == 200 and forced.json()["expert"] == "general"
     assert forced.headers["x-forge-route-reason"] == "fallback:slow-timeout"
     ids = [m["id"] for m in (await live.http.get("/v1/models")).json()["data"]]
-    assert ids[0] == "tiny" and {"legal", "flaky", "general", "auto"} <= set(ids)
+    assert ids[0] == "tiny" and {"legal", "flaky", "auto"} <= set(ids)
 
 
 async def test_bad_requests_get_openai_errors(live: Live) -> None:
@@ -519,11 +525,12 @@ async def test_cooldown_ends_and_a_success_closes_the_circuit(live: Live) -> Non
 
     pool = UpstreamPool(failure_threshold=1, cooldown_s=0.3, retry_base_delay=0.01)
     await pool.start()
-    expert = ExpertModel(name="flaky", endpoint=live.upstream.url("flaky"), max_retries=0)
+    # Its own upstream path: a failure scripted here never reaches the gateway's "flaky" expert.
+    expert = ExpertModel(name="flaky", endpoint=live.upstream.url("flakypool"), max_retries=0)
     target = Target("flaky", expert, "requested")
     body = json.dumps(_chat("flaky")).encode()
     try:
-        live.upstream.fail_next["flaky"] = 1
+        live.upstream.fail_next["flakypool"] = 1
         with pytest.raises(UpstreamError):
             await pool.call(target, body, "chat/completions", stream=False)
         assert pool.status("flaky")["state"] == "cooldown"

@@ -136,7 +136,14 @@ COMMON_FLAGS: list[Flag] = [
         "N",
         group="checkpoints",
     ),
-    Flag("--logging-steps", "logging_steps", "log metrics every N steps", int, "N", group="checkpoints"),
+    Flag(
+        "--logging-steps",
+        "logging_steps",
+        "log metrics every N steps (default: ceil(steps / 20), about 20 points a run)",
+        int,
+        "N",
+        group="checkpoints",
+    ),
     Flag(
         "--resume",
         "resume",

@@ -82,6 +82,21 @@ class SFTMethod(_CoreMethod):
             action=argparse.BooleanOptionalAction,
             group="method",
         ),
+        Flag(
+            "--eval-dataset",
+            "eval_dataset_path",
+            "held-out chat data scored during training (eval_loss, drawn in loss.png)",
+            metavar="PATH|ID",
+            group="model and data",
+        ),
+        Flag(
+            "--eval-steps",
+            "eval_steps",
+            "score --eval-dataset every N steps (default: ceil(steps / 10), and at the end)",
+            int,
+            "N",
+            group="model and data",
+        ),
     ]
 
 
