@@ -23,11 +23,9 @@ from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, ModelNotFoundError
 from forge_sdk.experts import ExpertModel, ExpertRegistry, stamped
 
-__all__ = ["AUTO", "LORA_OFF", "RESOLVED_TARGET", "ExpertCatalog", "Target", "route_headers"]
+__all__ = ["AUTO", "LORA_OFF", "ExpertCatalog", "Target", "route_headers"]
 
 AUTO = "auto"
-RESOLVED_TARGET = "forge.resolved_target"
-"""ASGI scope state key where the fast path leaves ``(model, Target)`` for the handler."""
 log = structlog.get_logger("forge_gateway.routing")
 
 
