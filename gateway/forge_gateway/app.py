@@ -12,19 +12,21 @@ from litestar import Litestar
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 
-from forge_gateway.api_admin import admin_routes
-from forge_gateway.api_openai import openai_routes
-from forge_gateway.api_sdd import sdd_routes
+from forge_gateway.api.admin import admin_routes
+from forge_gateway.api.fastpath import RemoteFastPath
+from forge_gateway.api.keys import key_routes
+from forge_gateway.api.openai import openai_routes
+from forge_gateway.api.sdd import sdd_routes
 from forge_gateway.config import GatewayConfig
 from forge_gateway.dispatch import Dispatcher
 from forge_gateway.engine_pool import engine_options
 from forge_gateway.engines.base import Engine
 from forge_gateway.errors import exception_handlers
-from forge_gateway.fastpath import RemoteFastPath
+from forge_gateway.observability.openapi import describe_bodies
 from forge_gateway.security import install_security
 from forge_gateway.security.policy import route_guard
 from forge_gateway.state import Gateway, adapter_experts
-from forge_gateway.upstream_replicas import UpstreamCollector
+from forge_gateway.upstream.replicas import UpstreamCollector
 from forge_sdk.plugins import get_plugin_manager
 
 __all__ = ["create_app", "engine_options"]
@@ -76,7 +78,7 @@ def create_app(
             await gateway.stop()
 
     app = Litestar(
-        route_handlers=[*openai_routes, *sdd_routes, *admin_routes],
+        route_handlers=[*openai_routes, *sdd_routes, *admin_routes, *key_routes],
         dependencies={
             "gateway": Provide(lambda: gateway, use_cache=True, sync_to_thread=False),
             "dispatcher": Provide(lambda: dispatcher, use_cache=True, sync_to_thread=False),
@@ -90,7 +92,7 @@ def create_app(
         request_max_body_size=None,
         openapi_config=OpenAPIConfig(title="LargeForge gateway", version="0.1.0", path="/openapi"),
         debug=False,
-        # Logging is configured once by forge_gateway.logs (JSON via structlog); Litestar's
+        # Logging is configured once by forge_gateway.observability.logs (JSON via structlog); Litestar's
         # default config would replace the root handler with a plain-text one.
         logging_config=None,
     )
@@ -98,6 +100,7 @@ def create_app(
     app.asgi_handler = RemoteFastPath(app.asgi_handler, dispatcher)  # remote experts skip the framework
     # Keys, rate limits, admission, usage ledger, /metrics and access logs (pure ASGI, outermost).
     layer = install_security(app, gateway)
+    describe_bodies(app, config.limits)
     # Per-replica state of remote experts, read from the upstream pool at scrape time.
     layer.metrics.registry.register(UpstreamCollector(gateway.upstreams.replica_sets))
     return app

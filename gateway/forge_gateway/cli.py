@@ -121,7 +121,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from forge_gateway.app import create_app
     from forge_gateway.config import load_config
-    from forge_gateway.logs import configure_logging
+    from forge_gateway.observability.logs import configure_logging
 
     config = load_config(args.config, overrides=_overrides(args))
     configure_logging(config.log_level, json=config.log_json)

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from forge_gateway.config import LimitsConfig
     from forge_gateway.routing import Target
     from forge_gateway.state import Gateway
-    from forge_gateway.upstream import UpstreamReply
+    from forge_gateway.upstream.pool import UpstreamReply
 
 __all__ = [
     "CALL_KEY",

@@ -14,7 +14,7 @@ from forge_gateway.config import GatewayConfig
 from forge_gateway.engine_pool import STANDALONE_KINDS, EnginePool, standalone_factory
 from forge_gateway.engines.base import Engine, LoraSpec
 from forge_gateway.routing import ExpertCatalog, Target
-from forge_gateway.upstream import UpstreamPool
+from forge_gateway.upstream.pool import UpstreamPool
 from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import (
     ConfigurationError,

@@ -174,7 +174,7 @@ def test_k8s_probes_and_wiring() -> None:
 
 
 def test_health_is_a_route() -> None:
-    from forge_gateway.api_sdd import sdd_routes
+    from forge_gateway.api.sdd import sdd_routes
 
     assert any("/health" in getattr(route, "paths", ()) for route in sdd_routes)
 

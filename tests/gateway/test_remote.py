@@ -520,7 +520,7 @@ async def test_timed_out_posts_are_not_resent_before_falling_back(live: Live) ->
 
 async def test_cooldown_ends_and_a_success_closes_the_circuit(live: Live) -> None:
     from forge_gateway.routing import Target
-    from forge_gateway.upstream import UpstreamPool
+    from forge_gateway.upstream.pool import UpstreamPool
     from forge_sdk.errors import ExpertUnavailableError, UpstreamError
 
     pool = UpstreamPool(failure_threshold=1, cooldown_s=0.3, retry_base_delay=0.01)

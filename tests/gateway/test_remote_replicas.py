@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from forge_gateway.routing import Target
-from forge_gateway.upstream import UpstreamPool
+from forge_gateway.upstream.pool import UpstreamPool
 from forge_sdk.experts import ExpertModel, ExpertRegistry
 from tests.gateway.test_remote import MockUpstream
 from tests.support import GatewayProcess

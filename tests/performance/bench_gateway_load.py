@@ -164,7 +164,7 @@ async def middleware_overhead(n: int) -> list[tuple[str, float]]:
     async def send(message: dict) -> None:
         return None
 
-    from forge_gateway.logs import configure_logging
+    from forge_gateway.observability.logs import configure_logging
 
     # The production log pipeline (JSON lines), written to /dev/null instead of the terminal.
     real_stderr, sys.stderr = sys.stderr, open(os.devnull, "w")

@@ -113,7 +113,7 @@ def _floor_main(port: int, upstream: str) -> None:
     gateway's own layers cost."""
     import uvicorn
 
-    from forge_gateway.upstream_http import HttpPool
+    from forge_gateway.upstream.client import HttpPool
 
     pool = HttpPool()
     url = f"{upstream}/v1/chat/completions"

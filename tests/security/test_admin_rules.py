@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forge_gateway.endpoints import check_endpoint, forbidden_address, join_endpoint
+from forge_gateway.upstream.endpoints import check_endpoint, forbidden_address, join_endpoint
 from forge_sdk.errors import InvalidRequestError
 from forge_sdk.experts import ExpertModel, ExpertRegistry
 

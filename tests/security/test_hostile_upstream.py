@@ -1,4 +1,4 @@
-"""A hostile upstream against the hand-written HTTP/1.1 client (``forge_gateway.upstream_http``)
+"""A hostile upstream against the hand-written HTTP/1.1 client (``forge_gateway.upstream.client``)
 and the retry rules of the upstream pool.
 
 A raw asyncio server on loopback answers each path with scripted bytes: interim 1xx answers,
@@ -18,10 +18,10 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
-from forge_gateway import upstream_http
 from forge_gateway.routing import Target
-from forge_gateway.upstream import UpstreamPool
-from forge_gateway.upstream_http import HttpPool, UpstreamConnectError, UpstreamDisconnectedError
+from forge_gateway.upstream import client as upstream_http
+from forge_gateway.upstream.client import HttpPool, UpstreamConnectError, UpstreamDisconnectedError
+from forge_gateway.upstream.pool import UpstreamPool
 from forge_sdk.errors import UpstreamError, UpstreamTimeoutError
 from forge_sdk.experts import ExpertModel
 

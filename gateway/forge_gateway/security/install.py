@@ -6,9 +6,7 @@ from typing import TYPE_CHECKING
 
 from forge_gateway.security.layer import SecurityLayer, ServedGateway
 from forge_gateway.security.middleware import SecurityMiddleware
-from forge_gateway.security.openapi import describe_bodies
 from forge_gateway.security.policy import RouteAuthority, route_guard
-from forge_gateway.security.routes import security_routes
 from forge_sdk.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -18,7 +16,7 @@ __all__ = ["install_security"]
 
 
 def install_security(app: Litestar, gateway: ServedGateway) -> SecurityLayer:
-    """Add the security middleware, admin key/usage routes, ``/metrics`` and lifecycle hooks.
+    """Add the security middleware, the route authority and the lifecycle hooks.
 
     ``app`` must have been built with :func:`~forge_gateway.security.policy.route_guard` among
     its guards; every route is registered before the route authority is built.
@@ -26,12 +24,9 @@ def install_security(app: Litestar, gateway: ServedGateway) -> SecurityLayer:
     if route_guard not in app.guards:
         raise ConfigurationError("the app needs forge_gateway.security.policy.route_guard among its guards")
     layer = SecurityLayer(gateway.config, gateway)
-    for handler in security_routes:
-        app.register(handler)
     app.state.security = layer
     app.on_startup.append(layer.start)
     app.on_shutdown.append(layer.stop)
     layer.authority = RouteAuthority(app, public_metrics=gateway.config.auth.public_metrics)
-    describe_bodies(app, gateway.config.limits)
     app.asgi_handler = SecurityMiddleware(app.asgi_handler, layer)
     return layer

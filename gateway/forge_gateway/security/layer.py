@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Protocol
 
 import structlog
 
+from forge_gateway.observability.metrics import GatewayMetrics
 from forge_gateway.security.admission import AdmissionController
 from forge_gateway.security.auth import Authenticator, is_loopback
 from forge_gateway.security.context import RequestContext, current_request
 from forge_gateway.security.ledger import UsageLedger
-from forge_gateway.security.metrics import GatewayMetrics
 from forge_gateway.security.ratelimit import (
     Decision,
     MemoryBackend,

@@ -11,7 +11,7 @@ import msgspec
 from litestar import Request, Response, get, post
 from litestar.params import Parameter
 
-from forge_gateway.api_views import expert_entry, public_entry
+from forge_gateway.api.views import expert_entry, public_entry
 from forge_gateway.dispatch import CALL_KEY, Call, Dispatcher
 from forge_gateway.generation import plan_generation, run_to_completion
 from forge_gateway.routing import route_headers

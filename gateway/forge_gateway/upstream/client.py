@@ -16,7 +16,7 @@ import ssl
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from forge_gateway.endpoints import forbidden_address
+from forge_gateway.upstream.endpoints import forbidden_address
 
 __all__ = ["HttpPool", "UpstreamConnectError", "UpstreamDisconnectedError", "header"]
 

@@ -36,7 +36,7 @@ _ERRORS = {
 
 
 def _bodies() -> dict[tuple[str, str], type]:
-    from forge_gateway.security.routes import CreateKeyRequest
+    from forge_gateway.api.keys import CreateKeyRequest
     from forge_sdk.types import ChatCompletionRequest, CompletionRequest, GenerateRequest
 
     return {

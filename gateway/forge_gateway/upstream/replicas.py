@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from forge_gateway.endpoints import join_endpoint
+from forge_gateway.upstream.endpoints import join_endpoint
 from forge_sdk.experts import ExpertModel
 
 __all__ = ["HealthProber", "ReplicaSet", "ReplicaState", "UpstreamCollector"]

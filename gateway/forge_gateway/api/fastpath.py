@@ -31,7 +31,7 @@ from forge_sdk.errors import LargeForgeAIError
 
 __all__ = ["RemoteFastPath"]
 
-log = structlog.get_logger("forge_gateway.fastpath")
+log = structlog.get_logger("forge_gateway.api.fastpath")
 
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 

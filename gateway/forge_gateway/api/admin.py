@@ -15,11 +15,11 @@ import anyio
 import msgspec
 from litestar import Request, Response, delete, post
 
-from forge_gateway.api_views import expert_entry
-from forge_gateway.endpoints import check_endpoint
+from forge_gateway.api.views import expert_entry
 from forge_gateway.routing import LORA_OFF
 from forge_gateway.security.policy import ADMIN
 from forge_gateway.state import Gateway
+from forge_gateway.upstream.endpoints import check_endpoint
 from forge_sdk.errors import InvalidRequestError, ModelError, ModelNotFoundError
 from forge_sdk.experts import ExpertModel
 

@@ -18,7 +18,7 @@ from forge_gateway.security.keys import MAX_LIMIT, new_key
 from forge_gateway.security.policy import ADMIN, METRICS
 from forge_sdk.errors import InvalidRequestError
 
-__all__ = ["CreateKeyRequest", "security_routes"]
+__all__ = ["CreateKeyRequest", "key_routes"]
 
 _encode = msgspec.json.Encoder().encode
 _DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -98,9 +98,9 @@ async def usage(
 @get("/metrics", opt=METRICS, include_in_schema=False)
 async def metrics(request: Request[Any, Any, Any]) -> Response[bytes]:
     """Prometheus metrics (an admin key, unless ``auth.public_metrics``)."""
-    from forge_gateway.security.metrics import CONTENT_TYPE_LATEST
+    from forge_gateway.observability.metrics import CONTENT_TYPE_LATEST
 
     return Response(_layer(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
-security_routes = [list_keys, create_key, revoke_key, usage, metrics]
+key_routes = [list_keys, create_key, revoke_key, usage, metrics]

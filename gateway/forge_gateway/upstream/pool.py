@@ -1,9 +1,9 @@
 """Remote experts: pooled connections to OpenAI-compatible upstreams, retries, cooldown.
 
-A lean pooled HTTP/1.1 client (:mod:`forge_gateway.upstream_http`) keeps connections alive
+A lean pooled HTTP/1.1 client (:mod:`forge_gateway.upstream.client`) keeps connections alive
 across requests; general-purpose clients cost more than the whole 1 ms budget here. An expert
 may list several replicas (``endpoints``): each attempt goes to a replica chosen by
-:mod:`forge_gateway.upstream_replicas`, and a replica cools down for ``cooldown_s`` after
+:mod:`forge_gateway.upstream.replicas`, and a replica cools down for ``cooldown_s`` after
 ``failure_threshold`` consecutive failed requests. A POST is resent (to another replica at once,
 or after an exponential backoff round, SDD §9.3, per-expert ``max_retries``, base delay from
 ``[router] retry_base_delay``) only when the upstream cannot have acted on it: connect errors and
@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from forge_gateway.endpoints import join_endpoint
 from forge_gateway.errors import sse_error
-from forge_gateway.upstream_http import HttpPool, UpstreamConnectError, UpstreamDisconnectedError, header
-from forge_gateway.upstream_replicas import HealthProber, ReplicaSet, ReplicaState
+from forge_gateway.upstream.client import HttpPool, UpstreamConnectError, UpstreamDisconnectedError, header
+from forge_gateway.upstream.endpoints import join_endpoint
+from forge_gateway.upstream.replicas import HealthProber, ReplicaSet, ReplicaState
 from forge_sdk.errors import ExpertUnavailableError, UpstreamError, UpstreamTimeoutError
 from forge_sdk.experts import ExpertModel
 
