@@ -1,4 +1,4 @@
-"""``[engine] enable_lora`` ("auto" follows the adapters registered at start) and ``enforce_eager``."""
+"""``[engine] enable_lora`` ("auto" follows the adapters registered at start), ``enforce_eager`` and ``dtype``."""
 
 from __future__ import annotations
 
@@ -163,3 +163,29 @@ async def test_a_compiled_engine_gives_transformers_greedy_tokens(tiny_model_dir
     finally:
         await engine.stop()
     assert tokens == expected and len(tokens) > 1
+
+
+@pytest.mark.vllm
+def test_vllm_dtype_auto_is_float32_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The dtype default (README, Engine defaults): float32 for an unquantized checkpoint on CPU,
+    where vLLM's own bfloat16 changed greedy answers; what the user asks for otherwise; vLLM's
+    choice for quantized checkpoints, whose int kernels compute in half precision only."""
+    pytest.importorskip("vllm")
+    from vllm.platforms import current_platform
+
+    from forge_gateway.engines.vllm_engine import VLLMEngine
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM's CPU platform only")
+    assert VLLMEngine(str(tiny_model_dir)).dtype_setting() == "float32"
+    assert VLLMEngine(str(tiny_model_dir), dtype="bfloat16").dtype_setting() == "bfloat16"
+    assert VLLMEngine(str(tiny_model_dir), quantization="awq").dtype_setting() == "auto"
+    quantized = tmp_path / "quantized"
+    quantized.mkdir()
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "compressed-tensors"}
+    (quantized / "config.json").write_text(json.dumps(config))
+    assert VLLMEngine(str(quantized)).dtype_setting() == "auto"
+    # The CLI flag reaches the engine options (serve and check share it).
+    flags = _overrides(build_parser().parse_args(["check", "--model", "m", "--dtype", "bfloat16"]))
+    assert flags["engine"]["dtype"] == "bfloat16"
