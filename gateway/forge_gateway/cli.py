@@ -107,8 +107,8 @@ def _serve_parser(sub: Any) -> None:
 
 
 _CHECK_EPILOG = """The reference is transformers' generate in float32 on the same checkpoint, greedy, on eight fixed
-chat prompts (32 tokens each). Exit status: 0 when the engine matches, 1 when it does not, 2 for
-bad flags.
+chat prompts (32 tokens each), on CPU (4 bytes per parameter of memory, released before the engine
+starts). Exit status: 0 when the engine matches, 1 when it does not, 2 for bad flags.
 
 examples:
   forge-gateway check --model smollm2-135m-instruct
