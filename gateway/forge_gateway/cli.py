@@ -36,6 +36,8 @@ examples:
   forge-gateway serve --model ./tiny-model
   forge-gateway serve --model Qwen/Qwen2.5-0.5B-Instruct --engine vllm --registry experts.json
   forge-gateway serve --config gateway.toml --port 9000
+
+`forge-gateway check` with the same engine flags tests that configuration against the model itself.
 """
 
 
