@@ -25,6 +25,30 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("FORGE_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 
+_ORDERED_MARKS = ("slow", "vllm")
+"""Tests with these marks run last, in file order, after the others: they share expensive
+package/module fixtures (gateways, engines) that a shuffle would start more than once."""
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep pytest-randomly's shuffle for the fast tests only (see :data:`_ORDERED_MARKS`).
+
+    Every test must pass alone and in any order; the fast ones are shuffled on every run to keep
+    it so (the seed is printed at the top: ``-p randomly -p "randomly_seed=N"`` replays an order).
+    """
+    if not config.pluginmanager.hasplugin("randomly"):
+        return
+
+    def ordered(item: pytest.Item) -> bool:
+        return any(item.get_closest_marker(mark) for mark in _ORDERED_MARKS)
+
+    def file_order(item: pytest.Item) -> tuple[str, int, str]:
+        return (str(item.path), item.location[1] or 0, item.nodeid)
+
+    items[:] = [i for i in items if not ordered(i)] + sorted(filter(ordered, items), key=file_order)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2 chat model + tokenizer, built once for the whole run."""

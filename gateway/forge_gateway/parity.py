@@ -11,7 +11,7 @@ reference's best two tokens are a near-tie. The tolerance says exactly that: a p
 generation diverges passes only if, at the first divergent position, the engine took the
 reference's runner-up and the reference's log-prob gap between its best two tokens was below
 :data:`TIE_GAP`. Any other divergence, or fewer than :data:`MIN_EXACT` of the prompts matching to
-the end, fails the check. The figures behind :data:`TIE_GAP` are in the README ("Engine defaults").
+the end, fails the check. The figures behind :data:`TIE_GAP` are in docs/serving.md ("Engine defaults").
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ MAX_TOKENS = 32
 
 TIE_GAP = 0.005
 """Largest reference log-prob gap (nats) between its best two tokens at which a divergence is
-still rounding. Measured on SmolLM2 (README, "Engine defaults"): float32 engines moved log-probs by
+still rounding. Measured on SmolLM2 (docs/serving.md, "Engine defaults"): float32 engines moved log-probs by
 at most 2.7e-5 (so could swap only tokens ~5e-5 apart) and matched token for token; bfloat16 moved
 them by up to 0.13 and swapped tokens 0.001 to 0.105 apart, "Paris" among them. 0.005 leaves
 float32 kernels elsewhere ~100x room and stays below 17 of the 18 swaps bfloat16 made."""

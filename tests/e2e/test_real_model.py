@@ -31,7 +31,7 @@ def real_gateway(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
 
 def test_the_default_engine_settings_are_logged(real_gateway: GatewayProcess) -> None:
     """The gateway says at start what it runs (dtype, compiled or eager, LoRA), as decided by the
-    engine's defaults (float32 on CPU: README, Engine defaults)."""
+    engine's defaults (float32 on CPU: docs/serving.md, Engine defaults)."""
     import json
 
     settings = [

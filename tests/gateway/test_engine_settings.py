@@ -128,7 +128,7 @@ def test_cpu_without_a_compiler_runs_eagerly(tiny_model_dir: Path, monkeypatch: 
 
 @pytest.mark.vllm
 def test_vllm_dtype_auto_is_float32_on_cpu(tiny_model_dir: Path, tmp_path: Path) -> None:
-    """The dtype default (README, Engine defaults): float32 for an unquantized checkpoint on CPU,
+    """The dtype default (docs/serving.md, Engine defaults): float32 for an unquantized checkpoint on CPU,
     where vLLM's own bfloat16 changed greedy answers; what the user asks for otherwise; vLLM's
     choice for quantized checkpoints, whose int kernels compute in half precision only."""
     pytest.importorskip("vllm")

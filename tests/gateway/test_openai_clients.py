@@ -237,7 +237,7 @@ What is compared, on CPU: both engines' default configurations, the transformers
 float32 and the vLLM engine in float32 (its CPU default: vLLM's own bfloat16 changed greedy
 answers), vLLM eager in this module (see ``_serve``). Two float32 implementations differ by
 rounding only: on the parity prompts (``forge_gateway.parity``, 8 x 32 tokens) vLLM's log-probs
-stayed within 2.7e-5 of transformers', eager or compiled, LoRA on or off (README, "Engine
+stayed within 2.7e-5 of transformers', eager or compiled, LoRA on or off (docs/serving.md, "Engine
 defaults"): 1e-3 leaves ~40x room for other CPUs' kernels, while bfloat16 moved them by up to 0.13
 nats and fails it."""
 

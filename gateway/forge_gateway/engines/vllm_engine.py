@@ -280,11 +280,12 @@ class VLLMEngine(HFTokenizerEngine):
         """The ``dtype`` given to vLLM: the caller's, except ``auto`` on vLLM's CPU platform,
         which becomes ``float32`` for an unquantized checkpoint.
 
-        vLLM's own ``auto`` computes a float32 checkpoint in bfloat16 on CPU; compiled, that
-        changed SmolLM2's greedy answers (2 of the 8 parity prompts, "What is the capital of
+        vLLM's own ``auto`` computes a float32 checkpoint in bfloat16 on CPU; compiled or eager,
+        that changed SmolLM2's greedy answers (2 of the 8 parity prompts, "What is the capital of
         France?" among them) while float32, compiled or eager, matched transformers token for
-        token, and ran as fast (README, "Engine defaults"). Quantized checkpoints keep ``auto``:
-        vLLM's weight-only int kernels on CPU compute in half precision only.
+        token, at ~0.65x of bfloat16's speed on an AVX-512 BF16 CPU (docs/serving.md, "Engine
+        defaults"). Quantized checkpoints keep ``auto``: vLLM's weight-only int kernels on CPU
+        compute in half precision only.
         """
         if self._dtype != "auto":
             return self._dtype
