@@ -15,7 +15,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Gateways the tests start as processes skip vLLM's one-off torch.compile, which would double each
-# engine's start-up (in-process engines pass enforce_eager themselves); one test compiles.
+# engine's start-up (in-process engines pass enforce_eager themselves). What users run, compiled,
+# is covered where it matters: tests/gateway/test_parity.py (every default engine configuration
+# against transformers) and tests/e2e/test_real_model.py (serve with no flags) run without this.
 os.environ.setdefault("FORGE_ENGINE_ENFORCE_EAGER", "1")
 
 REPO = Path(__file__).resolve().parent.parent

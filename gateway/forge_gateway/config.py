@@ -51,7 +51,10 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_lora_rank: Positive = 16
     """Largest adapter rank accepted."""
     dtype: str = "auto"
-    """Weights dtype (``auto``, ``float16``, ``bfloat16``, ``float32``)."""
+    """Weights and compute dtype (``auto``, ``float16``, ``bfloat16``, ``float32``). ``auto``:
+    float32 on CPU for both engines (vLLM's own CPU choice, bfloat16, changed greedy answers:
+    docs/serving.md, "Engine defaults"; quantized checkpoints keep vLLM's choice), on GPU the checkpoint's
+    dtype (transformers) or vLLM's choice. ``forge-gateway check`` tests any setting on a model."""
     quantization: str | None = None
     """Quantization of the base model checkpoint (``awq``, ``gptq``, ``compressed-tensors``...)."""
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.9

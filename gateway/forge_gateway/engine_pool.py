@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import structlog
 from forge_gateway.config import GatewayConfig
 from forge_gateway.engines.base import Engine
 from forge_gateway.engines.vllm_parallel import vllm_parallel_options
+from forge_gateway.model_source import checkpoint_quantization
 from forge_sdk.errors import EngineUnavailableError, LargeForgeAIError, ModelError
 from forge_sdk.experts import ExpertModel
 
@@ -57,21 +57,6 @@ State = Literal["idle", "starting", "running", "failed", "stopping"]
 # Quantization methods that need a checkpoint quantized offline; the others (fp8, bitsandbytes)
 # vLLM can apply on the fly to an unquantized checkpoint.
 _OFFLINE_METHODS = ("awq", "gptq")
-
-
-def checkpoint_quantization(model_path: str) -> str | None:
-    """The ``quant_method`` a checkpoint's ``config.json`` declares, or None.
-
-    llm-compressor writes ``compressed-tensors`` whatever the algorithm (GPTQ or AWQ), AutoAWQ
-    writes ``awq``; vLLM reads it and picks its kernels itself.
-    """
-    try:
-        cfg = json.loads((Path(model_path).expanduser() / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    quant = cfg.get("quantization_config") if isinstance(cfg, dict) else None
-    method = quant.get("quant_method") if isinstance(quant, dict) else None
-    return str(method) if method else None
 
 
 def engine_quantization(expert: ExpertModel) -> str | None:

@@ -17,6 +17,7 @@ from forge_sdk.errors import ConfigurationError
 from forge_sdk.models import CATALOGUE, find_gguf, resolve_model
 
 __all__ = [
+    "checkpoint_quantization",
     "DEFAULT_MAX_MODEL_LEN",
     "check_model_folder",
     "context_limit",
@@ -164,3 +165,18 @@ def derive_max_model_len(model: str, configured: int | None, *, strict: bool = T
             f"pass --max-model-len {allowed} or less (engine.max_model_len in config)"
         )
     return min(configured, allowed)
+
+
+def checkpoint_quantization(model_path: str) -> str | None:
+    """The ``quant_method`` a checkpoint's ``config.json`` declares, or None.
+
+    llm-compressor writes ``compressed-tensors`` whatever the algorithm (GPTQ or AWQ), AutoAWQ
+    writes ``awq``; vLLM reads it and picks its kernels itself.
+    """
+    try:
+        cfg = json.loads((Path(model_path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    quant = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    method = quant.get("quant_method") if isinstance(quant, dict) else None
+    return str(method) if method else None

@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, StopChecker, check_request
 from forge_gateway.engines.base import EngineOutput, EngineRequest, EngineStats, LoraSpec
 from forge_sdk.errors import (
@@ -31,6 +33,8 @@ from forge_sdk.errors import (
 )
 
 __all__ = ["TransformersEngine"]
+
+log = structlog.get_logger("forge_gateway")
 
 _DTYPES = {
     "float32": "float32",
@@ -103,6 +107,13 @@ class TransformersEngine(HFTokenizerEngine):
         """Forward passes (prefill or decode) run since start."""
         return self._batch.steps if self._batch is not None else 0
 
+    def settings(self) -> dict[str, Any]:
+        """Engine, weights dtype (after start), eager (PyTorch without compilation), LoRA on or off."""
+        out: dict[str, Any] = {"engine": self.name, "compiled": False, "lora": self._enable_lora}
+        if self._batch is not None:
+            out["dtype"] = str(next(self._batch.model.parameters()).dtype).removeprefix("torch.")
+        return out
+
     async def start(self) -> None:
         """Load tokenizer and model off the event loop and start the worker thread.
 
@@ -118,6 +129,7 @@ class TransformersEngine(HFTokenizerEngine):
             target=self._run, name=f"forge-tf-engine-{self.model_path}", daemon=True
         )
         self._thread.start()
+        log.info("engine_settings", **self.settings(), device=str(self._batch.device))
 
     def _load(self) -> Any:
         import torch
