@@ -13,6 +13,10 @@ with RPM and TPM limits that the run never reaches, so keys, rate limits and TPM
 run). Non-streaming and streaming. Needs ``wrk`` (``apt-get install -y wrk``) and ``taskset``.
 
     python tests/performance/bench_proxy.py [--duration 5] [--gateway-core 0] [--load-core 1]
+
+``--baseline DIR`` (another checkout of this repository, e.g. ``git worktree add /tmp/base main``)
+also runs that checkout's gateway, ``open@base`` and ``auth@base``, interleaved with this one's in
+the same run: on a shared machine only a same-run comparison says whether a change is faster.
 """
 
 from __future__ import annotations
@@ -198,6 +202,13 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per cell; the best is kept (shared machines)"
     )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="another checkout whose gateway runs beside this one's, interleaved (before vs after)",
+    )
     args = parser.parse_args()
     for tool in ("wrk", "taskset"):
         if shutil.which(tool) is None:
@@ -221,8 +232,12 @@ def main() -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "FORGE_LOG_LEVEL": "warning"}
     procs: list[subprocess.Popen[bytes]] = []
     me = [sys.executable, __file__]
-    ports = {"open": _free_port(), "auth": _free_port()}
-    keys = {"direct": "", "floor": "", "open": "", "auth": key}
+    gateways = ["open", "auth"]
+    if args.baseline is not None:
+        gateways += ["open@base", "auth@base"]
+        shutil.copy(workdir / "keys.db", workdir / "keys-base.db")  # its own ledger writer
+    ports = {mode: _free_port() for mode in gateways}
+    keys = {"direct": "", "floor": "", **{mode: key if mode.startswith("auth") else "" for mode in gateways}}
     try:
         up = subprocess.Popen(
             ["taskset", "-c", str(args.load_core), *me, "--serve-upstream", str(up_port)], env=env
@@ -240,7 +255,7 @@ def main() -> None:
         floor = subprocess.Popen(floor_cmd, env=env)
         procs.append(floor)
         for mode, port in ports.items():
-            db = workdir / ("keys.db" if mode == "auth" else "no-keys.db")
+            db = workdir / {"auth": "keys.db", "auth@base": "keys-base.db"}.get(mode, "no-keys.db")
             gw_cmd = [
                 "taskset", "-c", str(args.gateway_core), sys.executable, "-m", "forge_gateway.cli", "serve",
                 "--model", str(model), "--served-model-name", "tiny", "--engine", "transformers",
@@ -248,6 +263,11 @@ def main() -> None:
                 "--port", str(port), "--log-level", "warning",
             ]  # fmt: skip
             gw_env = {**env, "FORGE_AUTH_DB_PATH": str(db)}
+            if mode.endswith("@base"):
+                root = args.baseline.resolve()
+                gw_env["PYTHONPATH"] = os.pathsep.join(
+                    str(root / part) for part in ("sdk", "gateway", "plugins", "trainers")
+                )
             gw = subprocess.Popen(gw_cmd, env=gw_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             procs.append(gw)
         _wait_http(upstream_url, up, 120)
@@ -263,11 +283,9 @@ def main() -> None:
         cells = [
             ("direct", 1),
             ("floor", 1),
-            ("open", 1),
-            ("auth", 1),
+            *[(mode, 1) for mode in gateways],
             ("floor", 32),
-            ("open", 32),
-            ("auth", 32),
+            *[(mode, 32) for mode in gateways],
         ]
         rows = []
         for stream in (False, True):
@@ -288,6 +306,7 @@ def main() -> None:
                         best[cell]["rps"] = max(best[cell]["rps"], result["rps"])
                         best[cell]["errors"] += result["errors"]
             rows.append(("stream" if stream else "non-stream", best))
+        args.gateways = gateways
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -306,26 +325,27 @@ def _report(args: argparse.Namespace, rows: list[tuple[str, dict[tuple[str, int]
         f"{args.load_core}; best of {args.repeat} x {args.duration} s per cell; load average {load[0]:.1f}"
     )
     print(
-        f"{'mode':<11}{'gateway':<6}{'direct':>9}{'floor':>9}{'gateway':>9}{'added':>9}{'gw-floor':>10}"
+        f"{'mode':<11}{'gateway':<10}{'direct':>9}{'floor':>9}{'gateway':>9}{'added':>9}{'gw-floor':>10}"
         f"{'rps c1':>9}{'rps c32':>9}{'floor c32':>10}{'p50 c32':>9}{'p99 c32':>9}{'p99/p50':>9}{'errors':>8}"
     )
     print(
-        f"{'':<17}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>10}{'':>37}{'ms':>9}{'ms':>9}"
+        f"{'':<21}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>9}{'p50 ms':>10}{'':>37}{'ms':>9}{'ms':>9}"
     )
     for mode, best in rows:
         direct, floor1, floor32 = best[("direct", 1)], best[("floor", 1)], best[("floor", 32)]
-        for gw_mode in ("open", "auth"):
+        for gw_mode in args.gateways:
             gw1, gw32 = best[(gw_mode, 1)], best[(gw_mode, 32)]
             errors = gw1["errors"] + gw32["errors"]
             print(
-                f"{mode:<11}{gw_mode:<6}{direct['p50_us'] / 1e3:>9.3f}{floor1['p50_us'] / 1e3:>9.3f}"
+                f"{mode:<11}{gw_mode:<10}{direct['p50_us'] / 1e3:>9.3f}{floor1['p50_us'] / 1e3:>9.3f}"
                 f"{gw1['p50_us'] / 1e3:>9.3f}{(gw1['p50_us'] - direct['p50_us']) / 1e3:>9.3f}"
                 f"{(gw1['p50_us'] - floor1['p50_us']) / 1e3:>10.3f}{gw1['rps']:>9.0f}{gw32['rps']:>9.0f}"
                 f"{floor32['rps']:>10.0f}{gw32['p50_us'] / 1e3:>9.2f}{gw32['p99_us'] / 1e3:>9.2f}"
                 f"{gw32['p99_us'] / max(gw32['p50_us'], 1):>9.2f}{errors:>8}"
             )
     print(
-        "open = no keys (dev mode); auth = API key + RPM/TPM limits on. added = gateway - direct upstream;\n"
+        "open = no keys (dev mode); auth = API key + RPM/TPM limits on; @base = --baseline's gateway.\n"
+        "added = gateway - direct upstream; "
         "gw-floor = gateway - bare ASGI proxy on the same client. targets: added p50 <= 1 ms at c=1;\n"
         ">= 1,000 req/s per core; p99 at c=32 under 3x its p50 (LiteLLM: ~11/17 ms, ~100 rps/core)"
     )
