@@ -16,7 +16,7 @@ import msgspec
 from litestar import Request, Response, delete, post
 
 from forge_gateway.endpoints import check_endpoint
-from forge_gateway.routing import LORA_OFF, ExpertCatalog
+from forge_gateway.routing import ExpertCatalog
 from forge_gateway.security.policy import ADMIN
 from forge_gateway.state import Gateway
 from forge_sdk.errors import InvalidRequestError, ModelError, ModelNotFoundError
@@ -93,8 +93,8 @@ def _validate(gateway: Gateway, expert: ExpertModel) -> None:
             param="api_key_env",
         )
     if expert.kind == "adapter":
-        if not catalog.lora_enabled:
-            raise InvalidRequestError(LORA_OFF, param="adapter_path")
+        if catalog.lora_state == "disabled":  # "off": registering it turns LoRA on
+            raise InvalidRequestError(catalog.lora_off_reason, param="adapter_path")
         _check_adapter_folder(expert)
     if expert.kind == "standalone":
         if not catalog.standalone_enabled:
@@ -165,7 +165,9 @@ def _adapter_expert(gateway: Gateway, name: str) -> ExpertModel:
             f"expert {name!r} is a {expert.kind} expert, not a LoRA adapter", param="name"
         )
     if not gateway.catalog.lora_enabled:
-        raise InvalidRequestError(LORA_OFF, param="name")
+        state = gateway.catalog.lora_state
+        why = gateway.catalog.lora_off_reason if state in ("disabled", "failed") else f"LoRA is {state}"
+        raise InvalidRequestError(why, param="name")
     return expert
 
 

@@ -102,12 +102,15 @@ def engine_options(config: GatewayConfig, *, adapters: bool = False) -> dict[str
 
     Args:
         config: the gateway config.
-        adapters: adapter experts are registered (``enable_lora = "auto"`` turns LoRA on then).
+        adapters: adapter experts are registered (``enable_lora = "auto"`` turns vLLM's LoRA on
+            then; later ones swap in a LoRA engine at runtime, :mod:`forge_gateway.lora_switch`).
     """
     from forge_gateway.model_source import derive_max_model_len
 
     e = config.engine
     lora = adapters if e.enable_lora == "auto" else e.enable_lora
+    if e.enable_lora == "auto" and _transformers_kind(e.kind):
+        lora = True  # LoRA costs the transformers engine nothing until an adapter loads
     options: dict[str, object] = {"enable_lora": lora, "dtype": e.dtype}
     max_model_len = derive_max_model_len(config.model, e.max_model_len)
     if max_model_len is not None:  # None: neither config nor model says; the engine derives it
@@ -123,3 +126,12 @@ def engine_options(config: GatewayConfig, *, adapters: bool = False) -> dict[str
     if e.kind == "transformers":
         options["max_batch_size"] = e.max_batch_size
     return options
+
+
+def _transformers_kind(kind: str) -> bool:
+    """Whether ``[engine] kind`` resolves to the transformers engine here."""
+    if kind == "auto":
+        from forge_gateway.engines import vllm_available
+
+        return not vllm_available()
+    return kind == "transformers"
