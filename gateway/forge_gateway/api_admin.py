@@ -113,7 +113,8 @@ async def register_expert(request: Request[Any, Any, Any], gateway: Gateway) -> 
     """Register (or replace) an expert from an ``ExpertModel`` JSON body.
 
     An adapter expert's weights are loaded into the engine before it is registered, so a bad
-    adapter is a 400 and never reaches the catalog.
+    adapter is a 400 and never reaches the catalog (once LoRA is on: the first adapter of an
+    ``enable_lora = "auto"`` gateway turns it on, see :mod:`forge_gateway.lora_switch`).
     """
     expert = _decode_expert(await request.body())
     _validate(gateway, expert)
@@ -127,8 +128,10 @@ async def register_expert(request: Request[Any, Any, Any], gateway: Gateway) -> 
                 allow_link_local=router.upstream_allow_link_local,
             )
         )
-    if expert.kind == "adapter":
+    if expert.kind == "adapter" and gateway.engine.supports_lora:
         await _load(gateway, expert)
+    # With LoRA still off (enable_lora "auto"), registering it starts the LoRA engine, which loads
+    # it before serving (a bad adapter is then logged as lora_preload_failed, and refused per request).
     replaced = expert.name in gateway.catalog.experts
     gateway.catalog.register(expert)
     entry = expert_entry(gateway.catalog, expert)

@@ -116,3 +116,8 @@ async def test_adapter_registered_while_running_is_served_after_a_background_eng
             await asyncio.sleep(0.25)
         else:
             pytest.fail("the replaced engine was not stopped")
+        # Stopping the old engine leaves the new one serving both.
+        both = await asyncio.gather(
+            chat_text(http, "math-smol", MAX_TOKENS), chat_text(http, "tiny", MAX_TOKENS)
+        )
+        assert [text for text, _ in both] == [adapter_ref, base_ref]

@@ -126,6 +126,23 @@ async def test_adapter_request_falls_back_while_loading_then_gets_the_adapter(
         assert (await chat_text(http, "tiny", MAX_TOKENS))[0] == base_ref
 
 
+async def test_an_adapter_registered_through_the_admin_api_turns_lora_on(
+    tiny_model_dir: Path, tmp_path: Path, adapter: Path, refs: tuple[str, str]
+) -> None:
+    def factory() -> Engine:
+        return create_engine("transformers", str(tiny_model_dir), enable_lora=True, dtype="float32")
+
+    app = _app(tiny_model_dir, tmp_path / "experts.json", factory, request_timeout=120)
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=120) as http:
+        body = {"name": "math-smol", "adapter_path": str(adapter), "specialization": "math"}
+        resp = await http.post("/admin/experts", json=body)
+        assert resp.status_code == 201, resp.text
+        assert (await http.get("/health")).json()["lora"]["state"] in ("starting", "on")
+        text, resp = await chat_text(http, "math-smol", MAX_TOKENS)
+        assert text == refs[1] and resp.headers["x-forge-expert"] == "math-smol"
+        assert (await http.get("/health")).json()["lora"]["state"] == "on"
+
+
 async def test_a_lora_engine_that_cannot_start_falls_back_with_the_reason(
     tiny_model_dir: Path, tmp_path: Path, adapter: Path, refs: tuple[str, str]
 ) -> None:
