@@ -61,22 +61,30 @@ def test_transformers_engine_has_lora_unless_disabled(
 
 
 @pytest.mark.vllm
-@pytest.mark.parametrize(("with_adapter", "state"), [(False, "off"), (True, "on")])
+@pytest.mark.parametrize(
+    ("setting", "with_adapter", "state"),
+    [("auto", False, "off"), ("auto", True, "on"), (False, True, "disabled"), (True, False, "on")],
+)
 def test_vllm_auto_starts_without_lora_until_an_adapter_exists(
-    tiny_model_dir: Path, tmp_path: Path, with_adapter: bool, state: str
+    tiny_model_dir: Path, tmp_path: Path, setting: object, with_adapter: bool, state: str
 ) -> None:
-    """No adapters: LoRA off ("off": the first one registered swaps in a LoRA engine)."""
+    """ "auto" without adapters: LoRA off ("off": the first one registered swaps in a LoRA engine);
+    ``--no-lora`` never turns it on ("disabled")."""
     pytest.importorskip("vllm")
     registry = tmp_path / "experts.json"
     if with_adapter:
         ExpertRegistry(registry).register(ExpertModel(name="coder", adapter_path=str(_adapter(tmp_path))))
     config = load_config(
         environ={},
-        overrides={"model": str(tiny_model_dir), "registry": str(registry), "engine": {"kind": "vllm"}},
+        overrides={
+            "model": str(tiny_model_dir),
+            "registry": str(registry),
+            "engine": {"kind": "vllm", "enable_lora": setting},
+        },
     )
     app = create_app(config, pm=get_plugin_manager(load_entrypoints=False))  # built, not started
     gateway = app.state.gateway
-    assert gateway.engine.supports_lora is with_adapter and gateway.catalog.lora_state == state
+    assert gateway.engine.supports_lora is (state == "on") and gateway.catalog.lora_state == state
     assert gateway.lora.status() == {"state": state}
 
 
