@@ -20,6 +20,7 @@ from forge_gateway.engines.base import Engine
 from forge_gateway.engines.vllm_parallel import vllm_parallel_options
 from forge_gateway.errors import exception_handlers
 from forge_gateway.fastpath import RemoteFastPath
+from forge_gateway.lora_switch import lora_at_start
 from forge_gateway.security import install_security
 from forge_gateway.security.policy import route_guard
 from forge_gateway.state import Gateway, adapter_experts
@@ -108,10 +109,7 @@ def engine_options(config: GatewayConfig, *, adapters: bool = False) -> dict[str
     from forge_gateway.model_source import derive_max_model_len
 
     e = config.engine
-    lora = adapters if e.enable_lora == "auto" else e.enable_lora
-    if e.enable_lora == "auto" and _transformers_kind(e.kind):
-        lora = True  # LoRA costs the transformers engine nothing until an adapter loads
-    options: dict[str, object] = {"enable_lora": lora, "dtype": e.dtype}
+    options: dict[str, object] = {"enable_lora": lora_at_start(e, adapters=adapters), "dtype": e.dtype}
     max_model_len = derive_max_model_len(config.model, e.max_model_len)
     if max_model_len is not None:  # None: neither config nor model says; the engine derives it
         options["max_model_len"] = max_model_len
@@ -126,12 +124,3 @@ def engine_options(config: GatewayConfig, *, adapters: bool = False) -> dict[str
     if e.kind == "transformers":
         options["max_batch_size"] = e.max_batch_size
     return options
-
-
-def _transformers_kind(kind: str) -> bool:
-    """Whether ``[engine] kind`` resolves to the transformers engine here."""
-    if kind == "auto":
-        from forge_gateway.engines import vllm_available
-
-        return not vllm_available()
-    return kind == "transformers"

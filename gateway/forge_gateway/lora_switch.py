@@ -14,8 +14,10 @@ bounded by ``limits.request_timeout``; past it (or when the build failed) the re
 default expert like any unavailable expert, ``fallback:<expert>-loading`` (or ``-engine``).
 Everything else is served on the old engine throughout.
 
-The transformers engine needs none of this: LoRA costs it nothing until an adapter is loaded, so
-``auto`` turns it on from the start (:func:`forge_gateway.app.engine_options`).
+Only vLLM on CPU needs this (:func:`lora_at_start` decides, once): the transformers engine pays
+nothing for LoRA until an adapter is loaded, and vLLM on GPUs keeps compiling and CUDA graphs with
+LoRA on (base requests pay little), while two engines side by side would not fit its memory
+(``gpu_memory_utilization``), so ``auto`` turns LoRA on from the start there.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from forge_gateway.config import EngineConfig
 from forge_gateway.engines.base import Engine, LoraSpec
 from forge_gateway.routing import Target
 from forge_sdk.errors import ExpertUnavailableError, LargeForgeAIError
@@ -35,12 +38,33 @@ from forge_sdk.errors import ExpertUnavailableError, LargeForgeAIError
 if TYPE_CHECKING:
     from forge_gateway.state import Gateway
 
-__all__ = ["LoraSwitch", "lora_engine_factory"]
+__all__ = ["LoraSwitch", "lora_at_start", "lora_engine_factory"]
 
 log = structlog.get_logger("forge_gateway.lora_switch")
 
 _POLL_S = 0.25
 """How often a retired engine is checked for finished requests."""
+
+
+def lora_at_start(engine: EngineConfig, *, adapters: bool) -> bool:
+    """Whether the base engine starts with LoRA on (``[engine] enable_lora``; ``auto`` below).
+
+    ``auto``: on when adapter experts are registered at start, and always on the transformers
+    engine and on vLLM off CPU; otherwise off until the first adapter (:class:`LoraSwitch`).
+    """
+    if engine.enable_lora != "auto":
+        return engine.enable_lora
+    if adapters:
+        return True
+    from forge_gateway.engines import vllm_available
+
+    if engine.kind == "transformers" or (engine.kind == "auto" and not vllm_available()):
+        return True  # LoRA costs the transformers engine nothing until an adapter loads
+    if not vllm_available():
+        return False  # kind "vllm" without vllm: create_engine says so in one line
+    from vllm.platforms import current_platform
+
+    return not current_platform.is_cpu()
 
 
 def lora_engine_factory(gateway: Gateway) -> Callable[[], Engine] | None:
