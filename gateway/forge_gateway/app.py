@@ -20,6 +20,7 @@ from forge_gateway.engines.base import Engine
 from forge_gateway.engines.vllm_parallel import vllm_parallel_options
 from forge_gateway.errors import exception_handlers
 from forge_gateway.fastpath import RemoteFastPath
+from forge_gateway.lora_switch import lora_at_start
 from forge_gateway.security import install_security
 from forge_gateway.security.policy import route_guard
 from forge_gateway.state import Gateway, adapter_experts
@@ -116,13 +117,13 @@ def engine_options(config: GatewayConfig, *, adapters: bool = False) -> dict[str
 
     Args:
         config: the gateway config.
-        adapters: adapter experts are registered (``enable_lora = "auto"`` turns LoRA on then).
+        adapters: adapter experts are registered (``enable_lora = "auto"`` turns vLLM's LoRA on
+            then; later ones swap in a LoRA engine at runtime, :mod:`forge_gateway.lora_switch`).
     """
     from forge_gateway.model_source import derive_max_model_len
 
     e = config.engine
-    lora = adapters if e.enable_lora == "auto" else e.enable_lora
-    options: dict[str, object] = {"enable_lora": lora, "dtype": e.dtype}
+    options: dict[str, object] = {"enable_lora": lora_at_start(e, adapters=adapters), "dtype": e.dtype}
     max_model_len = derive_max_model_len(config.model, e.max_model_len)
     if max_model_len is not None:  # None: neither config nor model says; the engine derives it
         options["max_model_len"] = max_model_len

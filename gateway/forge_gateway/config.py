@@ -42,10 +42,12 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_model_len: Positive | None = None
     """Context length (default: the model's own, capped at 4096 for vLLM)."""
     enable_lora: bool | Literal["auto"] = "auto"
-    """Serve LoRA adapter experts on the base model. ``auto``: only when adapter experts are
-    registered at start (registry file or plugins), so a gateway without adapters runs at the
-    speed of a plain engine (vLLM's CPU build cannot compile a LoRA model); adapters registered
-    later then need a restart. ``true``: always, so adapters can be registered while it runs."""
+    """Serve LoRA adapter experts on the base model. ``auto``: vLLM on CPU gets LoRA once adapter
+    experts exist (registry file or plugins), so a gateway without adapters runs at the speed of a
+    plain engine (vLLM's CPU build cannot compile a LoRA model); the first adapter registered while
+    it runs swaps in a LoRA engine in the background (requests for it wait; the rest are served
+    throughout). vLLM on GPU and the transformers engine have LoRA on from the start (it costs
+    them little). ``true``: LoRA from the start. ``false`` (``--no-lora``): adapters are not served."""
     max_loras: Positive = 4
     """Adapters resident at once in one batch (vLLM ``max_loras``)."""
     max_lora_rank: Positive = 16

