@@ -26,6 +26,7 @@ from forge_sdk.errors import (
     EngineUnavailableError,
     InferenceError,
     InvalidRequestError,
+    LargeForgeAIError,
     ModelError,
     ModelNotFoundError,
 )
@@ -422,41 +423,86 @@ class TransformersEngine(HFTokenizerEngine):
         self._batch.seqs, self._batch.cache, self._batch.mask = [], None, None
 
     def _step(self, new: list[Any]) -> None:
-        import torch
+        """One prefill (of ``new``) or one decode step; a failure is its own sequence's alone.
 
-        from forge_gateway.engines._tf_batch import position_logprobs, sample_next
-
+        A request's sampling values, grammar or prompt may make its own row fail (an exception, or
+        inf / NaN logits): that request gets the error, every other sequence of the batch carries on.
+        Only a decode forward pass that fails as a whole fails the whole batch (``_run``).
+        """
         batch = self._batch
         if new:
-            logits = batch.prefill(new)
+            try:
+                logits = batch.prefill(new)
+            except Exception as exc:  # the cache is untouched until the prefill succeeded
+                if len(new) == 1:
+                    self._fail(new[0], exc)
+                    return
+                for seq in new:  # which prompt broke it? each alone, so only that one fails
+                    self._step([seq])
+                return
             seqs = new
         elif batch.seqs:
             logits = batch.decode()
             seqs = batch.seqs
         else:
             return
+        import torch
+
         # Log-probs report the model's own distribution: taken before any constraint or penalty.
         raw = {
             i: torch.log_softmax(logits[i].float(), dim=-1)
             for i, seq in enumerate(seqs)
             if seq.request.sampling.logprobs is not None
         }
-        matchers = [seq.matcher for seq in seqs]
-        if any(m is not None for m in matchers):
-            self._grammars.mask(logits, matchers)
-        tokens = [sample_next(row, seq) for row, seq in zip(logits, seqs, strict=True)]
-        outputs = []
-        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
-            output = self._advance(seq, token)
-            if i in raw:
-                output.logprobs = [position_logprobs(raw[i], token, seq.request.sampling.logprobs)]
-            if seq.prompt_logprobs is not None:
-                output.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
-            outputs.append(output)
+        failed = self._mask(logits, seqs)
+        outputs: list[EngineOutput | BaseException] = []
+        for i, seq in enumerate(seqs):
+            if i in failed:
+                seq.finished = True
+                outputs.append(_failure(failed[i]))
+                continue
+            try:
+                outputs.append(self._sample(seq, logits[i], raw.get(i)))
+            except Exception as exc:
+                seq.finished = True
+                outputs.append(_failure(exc))
         # Leave the batch before the final output is posted, so a caller that sees it also sees stats() drop.
         batch.drop_finished()
         for seq, output in zip(seqs, outputs, strict=True):
             seq.post(output)
+
+    def _fail(self, seq: Any, exc: BaseException) -> None:
+        seq.finished = True
+        seq.post(_failure(exc))
+
+    def _mask(self, logits: Any, seqs: list[Any]) -> dict[int, BaseException]:
+        """Apply every constrained row's grammar; rows whose matcher fails are returned, not raised."""
+        matchers = [seq.matcher for seq in seqs]
+        if all(m is None for m in matchers):
+            return {}
+        try:
+            self._grammars.mask(logits, matchers)
+            return {}
+        except Exception:  # find the row at fault: one at a time
+            failed: dict[int, BaseException] = {}
+            for i, m in enumerate(matchers):
+                if m is not None:
+                    try:
+                        self._grammars.mask(logits[i : i + 1], [m])
+                    except Exception as exc:
+                        failed[i] = exc
+            return failed
+
+    def _sample(self, seq: Any, row: Any, raw: Any) -> EngineOutput:
+        from forge_gateway.engines._tf_batch import position_logprobs, sample_next
+
+        token = sample_next(row, seq)
+        output = self._advance(seq, token)
+        if raw is not None:
+            output.logprobs = [position_logprobs(raw, token, seq.request.sampling.logprobs)]
+        if seq.prompt_logprobs is not None:
+            output.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
+        return output
 
     def _advance(self, seq: Any, token: int) -> EngineOutput:
         s = seq.request.sampling
@@ -481,6 +527,13 @@ class TransformersEngine(HFTokenizerEngine):
         if reason is not None:
             seq.finished = True
         return self._final(seq, text, reason, [token])
+
+
+def _failure(exc: BaseException) -> BaseException:
+    """What one failed sequence's caller gets: request errors as they are, anything else as an InferenceError."""
+    if isinstance(exc, LargeForgeAIError):
+        return exc
+    return InferenceError(f"generation failed: {exc!r}")
 
 
 def _adapter_name(lora: LoraSpec) -> str:

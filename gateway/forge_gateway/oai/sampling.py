@@ -54,7 +54,8 @@ def sampling_fields(req: ChatCompletionRequest | CompletionRequest, vocab_size: 
     ):
         raise InvalidRequestError("stop_token_ids holds an id outside the vocabulary", param="stop_token_ids")
     fields: dict[str, Any] = {
-        "top_k": 0 if req.top_k in (None, -1) else req.top_k,
+        # A top_k at or above the vocabulary keeps every token: say so with 0 (the engines' "all").
+        "top_k": 0 if req.top_k in (None, -1) or (vocab_size and req.top_k >= vocab_size) else req.top_k,
         "min_p": req.min_p or 0.0,
         "repetition_penalty": req.repetition_penalty or 1.0,
         "min_tokens": req.min_tokens,
