@@ -90,6 +90,7 @@ class TransformersEngine(HFTokenizerEngine):
         self._stopping = False
         self._loras: dict[int, LoraSpec] = {}  # loaded in PEFT, keyed by lora_id
         self._grammars: Any = None  # _tf_grammar.Grammars, built on the first constrained request
+        self._grammars_lock = threading.Lock()
         self.error: BaseException | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -159,6 +160,9 @@ class TransformersEngine(HFTokenizerEngine):
             self._cond.notify_all()
         await asyncio.to_thread(thread.join)
         self._thread = None
+        if self._grammars is not None:
+            self._grammars.compiler.close()
+            self._grammars = None
         self._batch = None
         self._loras.clear()
 
@@ -241,8 +245,10 @@ class TransformersEngine(HFTokenizerEngine):
         s = request.sampling
         matcher = None
         if s.constraint is not None:
-            # Compiling a schema can take a while: not on the event loop, not on the worker.
-            matcher = await asyncio.to_thread(self._matcher, s.constraint)
+            # Compiling a schema can take a while: within its budget, not on the event loop, not
+            # on the worker (compile_budget).
+            grammars = self._grammars or await asyncio.to_thread(self._make_grammars)
+            matcher = await grammars.matcher(s.constraint)
         seq = Seq(
             request=request,
             post=post,
@@ -278,13 +284,14 @@ class TransformersEngine(HFTokenizerEngine):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._call(lambda: self._remove(request.request_id, notify=False)))
 
-    def _matcher(self, constraint: Any) -> Any:
+    def _make_grammars(self) -> Any:
         from forge_gateway.engines._tf_grammar import Grammars
 
-        if self._grammars is None:
-            assert self._vocab_size is not None
-            self._grammars = Grammars(self._require_tokenizer().hf, self._vocab_size, sorted(self._eos))
-        return self._grammars.matcher(constraint)
+        with self._grammars_lock:  # two first constrained requests at once build one
+            if self._grammars is None:
+                assert self._vocab_size is not None
+                self._grammars = Grammars(self._require_tokenizer().hf, self._vocab_size, sorted(self._eos))
+            return self._grammars
 
     async def abort(self, request_id: str) -> None:
         """Take a request out of the batch; its stream ends with ``finish_reason="abort"``."""

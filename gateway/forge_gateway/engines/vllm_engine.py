@@ -134,6 +134,7 @@ class VLLMEngine(HFTokenizerEngine):
         self._identity_dir: str | None = None
         self._loras: dict[int, LoraSpec] = {}
         self._waiting: set[str] = set()
+        self._gate: Any = None  # compile_budget.BudgetedCompiler, built on the first constrained request
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -350,6 +351,9 @@ class VLLMEngine(HFTokenizerEngine):
         self._identity = None
         self._loras.clear()
         self._waiting.clear()
+        if self._gate is not None:
+            self._gate.close()
+            self._gate = None
         if self._identity_dir:
             shutil.rmtree(self._identity_dir, ignore_errors=True)
             self._identity_dir = None
@@ -410,6 +414,12 @@ class VLLMEngine(HFTokenizerEngine):
         except Exception as exc:  # VLLMValidationError and ValueError: values vLLM refuses
             raise InvalidRequestError(f"bad sampling options: {exc}") from exc
 
+    def _make_gate(self) -> Any:
+        from forge_gateway.engines.compile_budget import BudgetedCompiler
+
+        tok = self._require_tokenizer()
+        return self._gate or BudgetedCompiler(tok.hf, self._vocab_size or len(tok.hf), sorted(tok.eos_ids()))
+
     def _lora_request(self, lora: LoraSpec | None) -> Any:
         if lora is None:
             return self._identity
@@ -446,6 +456,12 @@ class VLLMEngine(HFTokenizerEngine):
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        if request.sampling.constraint is not None:
+            # vLLM's own compile cannot be interrupted: first compile within the budget here
+            # (cached by hash, so a known constraint costs nothing), and refuse what does not fit.
+            if self._gate is None:
+                self._gate = await asyncio.to_thread(self._make_gate)
+            await self._gate.compile(request.sampling.constraint)
         rid = request.request_id
         n_prompt = len(request.prompt_token_ids)
         completion = 0
