@@ -42,6 +42,11 @@ __all__ = [
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, which would let "x\n" through
 # into response headers (x-forge-expert).
 _NAME = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")]
+# A keyword is matched against queries and shows up in the route reason header: printable text
+# only (no C0/C1 control characters, no line breaks), not blank, of a sane length.
+_KEYWORD = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"\A(?!\s*\Z)[^\x00-\x1f\x7f-\x9f]+\Z")]
+MAX_KEYWORDS = 512
+"""Most keywords one expert may list."""
 
 
 class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -73,8 +78,9 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
     """What the expert is good at."""
     specialization: str = "general"
     """Domain label (``code``, ``math``, ...) that classifiers predict."""
-    keywords: list[str] = field(default_factory=list)
-    """Whole words that point a query at this expert (keyword classifier)."""
+    keywords: Annotated[list[_KEYWORD], Meta(max_length=MAX_KEYWORDS)] = field(default_factory=list)
+    """Whole words that point a query at this expert (keyword classifier): at most 512, each 1 to 64
+    characters of printable text (any script; no control characters or line breaks)."""
     trained_on: str | None = None
     """Dataset the expert was trained on."""
     training_steps: int | None = None
