@@ -152,8 +152,10 @@ class ApiConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
-    """API keys (``forge-gateway keys ...``). With no active key the gateway is open (dev mode)
-    on a loopback host; on any other host it refuses to start unless ``allow_open``."""
+    """API keys (``forge-gateway keys ...``). With no active key *at start-up* the gateway is open
+    (dev mode) on a loopback host; on any other host it refuses to start unless ``allow_open``.
+    Open mode is decided at start-up only: once any key exists it ends, and revoking the last key
+    never reopens a running gateway (restart it to serve openly again)."""
 
     db_path: str = "forge-gateway.db"
     """SQLite file holding hashed keys and the usage ledger (shared by replicas on one host)."""

@@ -158,12 +158,17 @@ class SecurityLayer:
         await self.store.open()
         await self.authenticator.start()
         await self.ledger.start()
-        if self.authenticator.open:
+        if self.authenticator.open:  # decided now, once: it never opens later (see auth.py)
             log.warning(
                 "auth_open",
-                reason="no active API keys; serving without authentication (dev mode)",
+                reason="no active API keys at start-up: serving WITHOUT AUTHENTICATION (dev mode) until a "
+                "key is created; once one exists, open mode ends until a restart",
                 key_store=self.store.location,
+                host=self.config.host,
+                allow_open=self.config.auth.allow_open,
             )
+        else:
+            log.info("auth_required", key_store=self.store.location, active_keys=self.authenticator.active_keys)
 
     async def stop(self) -> None:
         try:
