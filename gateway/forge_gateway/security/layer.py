@@ -168,7 +168,9 @@ class SecurityLayer:
                 allow_open=self.config.auth.allow_open,
             )
         else:
-            log.info("auth_required", key_store=self.store.location, active_keys=self.authenticator.active_keys)
+            log.info(
+                "auth_required", key_store=self.store.location, active_keys=self.authenticator.active_keys
+            )
 
     async def stop(self) -> None:
         try:
