@@ -131,7 +131,11 @@ class SecurityLayer:
         )
         self.open_admin = loopback
         """Admin routes are open in dev mode only on loopback (never on a public allow_open host)."""
-        self.ledger = UsageLedger(self.store, flush_interval=config.auth.usage_flush_interval)
+        self.ledger = UsageLedger(
+            self.store,
+            flush_interval=config.auth.usage_flush_interval,
+            max_pending=config.auth.usage_flush_max_requests,
+        )
         rl = config.rate_limit
         self.backend: RateLimitBackend = (
             RedisBackend(rl.redis_url, timeout=rl.redis_timeout) if rl.backend == "redis" else MemoryBackend()
