@@ -155,3 +155,26 @@ async def test_a_compile_is_abandoned_when_its_request_ends(tiny_model_dir: Path
         assert not worker.process.is_alive() and compiler.kills == 1
     finally:
         compiler.close()
+
+
+@pytest.mark.vllm
+async def test_vllm_engine_refuses_the_bomb_and_gates_its_compiles(tiny_model_dir: Path) -> None:
+    pytest.importorskip("vllm")
+    from forge_gateway.engines import create_engine
+    from forge_gateway.engines.base import EngineRequest, SamplingOptions
+
+    engine = create_engine("vllm", str(tiny_model_dir), enable_lora=False, max_model_len=256, dtype="float32")
+    await engine.start()
+    try:
+        bomb = SamplingOptions(max_tokens=8, constraint=Constraint("json", BOMB, param="response_format"))
+        with pytest.raises(InvalidRequestError, match="too large to compile"):
+            engine.generate(EngineRequest("bomb", list(range(5, 12)), bomb))
+        choice = Constraint("choice", ("yes", "no"), param="guided_choice")
+        ok = SamplingOptions(max_tokens=8, temperature=0.0, constraint=choice)
+        for i in range(2):
+            outputs = [o async for o in engine.generate(EngineRequest(f"ok-{i}", list(range(5, 12)), ok))]
+            assert "".join(o.text for o in outputs) in ("yes", "no")
+        gate = engine._gate  # type: ignore[attr-defined]
+        assert gate is not None and gate.compiles == 1  # compiled once within the budget, then cached
+    finally:
+        await engine.stop()
