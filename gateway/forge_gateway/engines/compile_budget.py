@@ -11,7 +11,8 @@ compile gets, in this order:
 2. **A cache by hash** (:class:`BudgetedCompiler`): a constraint compiled before is not compiled again,
    and one refused before (too slow, does not compile) is refused at once.
 3. **A time limit, off the event loop**: the compile runs in a separate compiler process (one per
-   engine, started on first use from a fork server that has xgrammar imported); past
+   engine, started in the background when the engine starts, from a fork server that has xgrammar
+   imported, so a restart after a kill takes milliseconds); past
    ``timeout_s`` the process is killed, so the core is free at once, and the request gets a 400.
    If the request ends first (client gone), its compile is abandoned the same way.
 
@@ -35,7 +36,7 @@ from typing import Any
 from msgspec import Struct
 
 from forge_gateway.engines.base import Constraint
-from forge_sdk.errors import InvalidRequestError
+from forge_sdk.errors import EngineUnavailableError, InvalidRequestError
 
 __all__ = ["DEFAULT_BUDGET", "BudgetedCompiler", "CompileBudget", "check_constraint", "schema_depth"]
 
@@ -225,6 +226,7 @@ class BudgetedCompiler:
         self._lock: asyncio.Lock | None = None
         self._worker: _Worker | None = None
         self._worker_lock = threading.Lock()
+        self._closed = False
         self.compiles = 0
         """Compiles run in the compiler process (cache hits and size refusals not counted)."""
         self.kills = 0
@@ -281,8 +283,14 @@ class BudgetedCompiler:
             self._remember(key, _Refused(reason))
             raise InvalidRequestError(reason, param=constraint.param, code="constraint_not_compiled")
 
+    def warm(self) -> None:
+        """Start the compiler process now (blocking; engines call it from a background thread)."""
+        self._ready()
+
     def _ready(self) -> _Worker:
         with self._worker_lock:
+            if self._closed:
+                raise EngineUnavailableError("the engine stopped")
             worker = self._worker
             if worker is None or not worker.process.is_alive():
                 if worker is not None:
@@ -318,6 +326,7 @@ class BudgetedCompiler:
     def close(self) -> None:
         """Stop the compiler process (the engine stopped)."""
         with self._worker_lock:
+            self._closed = True
             worker, self._worker = self._worker, None
         if worker is not None:
             worker.kill()

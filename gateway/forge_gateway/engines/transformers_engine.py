@@ -20,6 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from forge_gateway.engines._common import ChatTokenizer, HFTokenizerEngine, StopChecker, check_request
 from forge_gateway.engines.base import EngineOutput, EngineRequest, EngineStats, LoraSpec
 from forge_sdk.errors import (
@@ -32,6 +34,8 @@ from forge_sdk.errors import (
 )
 
 __all__ = ["TransformersEngine"]
+
+log = structlog.get_logger("forge_gateway.engines")
 
 _DTYPES = {
     "float32": "float32",
@@ -120,6 +124,15 @@ class TransformersEngine(HFTokenizerEngine):
             target=self._run, name=f"forge-tf-engine-{self.model_path}", daemon=True
         )
         self._thread.start()
+        # The constraint compiler's process imports xgrammar (and torch) once, a few seconds: start
+        # it now, in the background, rather than on the first constrained request.
+        threading.Thread(target=self._warm_grammars, name="forge-grammar-warm", daemon=True).start()
+
+    def _warm_grammars(self) -> None:
+        try:
+            self._make_grammars().compiler.warm()
+        except Exception as exc:  # the first constrained request tries again and reports it
+            log.warning("grammar_compiler_warm_failed", error=str(exc) or type(exc).__name__)
 
     def _load(self) -> Any:
         import torch
@@ -159,10 +172,11 @@ class TransformersEngine(HFTokenizerEngine):
             self._stopping = True
             self._cond.notify_all()
         await asyncio.to_thread(thread.join)
-        self._thread = None
-        if self._grammars is not None:
-            self._grammars.compiler.close()
-            self._grammars = None
+        with self._grammars_lock:
+            self._thread = None
+            grammars, self._grammars = self._grammars, None
+        if grammars is not None:
+            grammars.compiler.close()
         self._batch = None
         self._loras.clear()
 
@@ -288,6 +302,8 @@ class TransformersEngine(HFTokenizerEngine):
         from forge_gateway.engines._tf_grammar import Grammars
 
         with self._grammars_lock:  # two first constrained requests at once build one
+            if self._thread is None:
+                raise EngineUnavailableError("the engine is not running")
             if self._grammars is None:
                 assert self._vocab_size is not None
                 self._grammars = Grammars(self._require_tokenizer().hf, self._vocab_size, sorted(self._eos))
