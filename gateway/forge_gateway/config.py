@@ -177,7 +177,7 @@ class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Serve ``/metrics`` without a key (default: it needs an admin key, as Prometheus bearer auth)."""
     refresh_interval: Annotated[float, Meta(gt=0)] = 1.0
     """Seconds between checks for keys created/revoked by other processes (revocation delay)."""
-    usage_flush_interval: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    usage_flush_interval: Annotated[float, Meta(gt=0)] = 1.0
     """Seconds between batched writes of the usage ledger (all pending usage is written at shutdown).
     A crash that skips shutdown (SIGKILL, power loss) loses at most this long's usage, or
     ``usage_flush_max_requests`` requests' if fewer (see ``security/ledger.py``)."""

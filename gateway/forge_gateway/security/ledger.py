@@ -7,7 +7,7 @@ shutdown (SIGTERM, Ctrl-C) is never lost.
 
 The crash window, bounded: a crash that skips shutdown (SIGKILL, OOM kill, power loss) loses the
 usage not yet written, which is at most the last ``flush_interval`` seconds (``auth.
-usage_flush_interval``, 1 s by default, at most 60) and at most ``max_pending`` requests
+usage_flush_interval``, 1 s by default) and at most ``max_pending`` requests
 (``auth.usage_flush_max_requests``, 500 by default), whichever is less, plus one write in flight.
 While the key store cannot be written (a PostgreSQL outage), usage waits in memory (``usage_
 flush_failed`` is logged with the backlog's age) and a crash then loses that backlog too: the
