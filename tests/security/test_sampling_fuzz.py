@@ -100,6 +100,12 @@ def _in(lo: float, hi: float, *, ints: bool = False) -> st.SearchStrategy[Any]:
     return st.one_of(edges, st.floats(lo, hi), edges, numbers)
 
 
+prompt_ids = st.lists(token_ids, min_size=1, max_size=6)
+prompts = st.one_of(
+    st.just("hi"),
+    prompt_ids,
+    st.lists(st.one_of(st.just("hi"), prompt_ids, token_ids), min_size=1, max_size=3),
+)
 SAMPLING = {
     "temperature": _in(0.0, 2.0),
     "top_p": _in(0.0, 1.0),
@@ -168,11 +174,14 @@ def _fuzz(port: int, key: str) -> None:
             _check(http.post("/v1/chat/completions", content=_body(body)), body)
 
         @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
-        @given(fields=_fields(COMPLETION_ONLY), stream=st.booleans())
-        @example(fields={"repetition_penalty": 5e-324, "echo": True, "logprobs": 20}, stream=False)
-        @example(fields={"max_tokens": 2**63, "best_of": 2**64}, stream=True)
-        def completions(fields: dict[str, Any], stream: bool) -> None:
-            body = {"model": "tiny", "prompt": "hi", "stream": stream, **fields}
+        @given(fields=_fields(COMPLETION_ONLY), stream=st.booleans(), prompt=prompts)
+        @example(
+            fields={"repetition_penalty": 5e-324, "echo": True, "logprobs": 20}, stream=False, prompt="hi"
+        )
+        @example(fields={"max_tokens": 2**63, "best_of": 2**64}, stream=True, prompt="hi")
+        @example(fields={}, stream=False, prompt=[111, [-4909806, -2169, 417]])  # a 500 on main
+        def completions(fields: dict[str, Any], stream: bool, prompt: Any) -> None:
+            body = {"model": "tiny", "prompt": prompt, "stream": stream, **fields}
             _check(http.post("/v1/completions", content=_body(body)), body)
 
         @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
