@@ -73,6 +73,8 @@ async def test_control_character_keywords_are_refused_at_registration(port: int,
     assert resp.json()["error"]["type"] == "invalid_request_error"
     with pytest.raises(ConfigurationError):
         ExpertModel.from_dict({"name": "ctl", "keywords": [keyword]})
+    with pytest.raises(ValueError, match="keyword"):  # built in code (a plugin, forge-train --register)
+        ExpertModel(name="ctl", keywords=[keyword])
     # The gateway still answers on a new connection: nothing was dropped or poisoned.
     assert (await raw_request(port, "GET", "/health")).status == 200
 
