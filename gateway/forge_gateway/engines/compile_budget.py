@@ -16,6 +16,9 @@ compile gets, in this order:
    ``timeout_s`` the process is killed, so the core is free at once, and the request gets a 400.
    If the request ends first (client gone), its compile is abandoned the same way.
 
+The compiler process is a ``multiprocessing`` fork-server child, so, as with vLLM, a script that
+starts an engine needs the ``if __name__ == "__main__":`` guard (the child imports the main module).
+
 Both engines use it: the transformers engine builds its matchers from the compiled grammar; the vLLM
 engine runs it as a gate before handing the constraint to vLLM (whose own compile cannot be
 interrupted), so vLLM only ever compiles what compiled within the budget here.
