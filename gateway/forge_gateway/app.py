@@ -26,7 +26,7 @@ from forge_gateway.state import Gateway, adapter_experts
 from forge_gateway.upstream_replicas import UpstreamCollector
 from forge_sdk.plugins import get_plugin_manager
 
-__all__ = ["create_app", "engine_options"]
+__all__ = ["base_engine", "create_app", "engine_options"]
 
 log = structlog.get_logger("forge_gateway")
 
@@ -42,14 +42,8 @@ def create_app(
         pm: plugin manager (default: a fresh one over installed plugins).
     """
     if engine is None:
-        from forge_gateway.engines import create_engine
-        from forge_gateway.model_source import resolve_base_model
-
-        # A catalogue name or a GGUF file becomes a cached folder; bad paths fail here, in a second.
-        config = resolve_base_model(config)
         pm = pm or get_plugin_manager()
-        adapters = bool(adapter_experts(config, pm))
-        engine = create_engine(config.engine.kind, config.model, **engine_options(config, adapters=adapters))
+        config, engine = base_engine(config, pm)
     gateway = Gateway(config, engine, pm or get_plugin_manager())
 
     @asynccontextmanager
@@ -95,6 +89,26 @@ def create_app(
     # Per-replica state of remote experts, read from the upstream pool at scrape time.
     layer.metrics.registry.register(UpstreamCollector(gateway.upstreams.replica_sets))
     return app
+
+
+def base_engine(config: GatewayConfig, pm: pluggy.PluginManager) -> tuple[GatewayConfig, Engine]:
+    """The (unstarted) engine ``serve`` runs for ``config``, and the config with its model resolved.
+
+    Shared by ``serve`` and ``forge-gateway check``, so the check runs exactly what serve would.
+
+    Raises:
+        ConfigurationError: a missing or unusable model path, or a bad engine option.
+        ModelError: a catalogue download or GGUF conversion failed.
+    """
+    from forge_gateway.engines import create_engine
+    from forge_gateway.model_source import resolve_base_model
+
+    # A catalogue name or a GGUF file becomes a cached folder; bad paths fail here, in a second.
+    config = resolve_base_model(config)
+    adapters = bool(adapter_experts(config, pm))
+    return config, create_engine(
+        config.engine.kind, config.model, **engine_options(config, adapters=adapters)
+    )
 
 
 def engine_options(config: GatewayConfig, *, adapters: bool = False) -> dict[str, object]:

@@ -51,7 +51,10 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_lora_rank: Positive = 16
     """Largest adapter rank accepted."""
     dtype: str = "auto"
-    """Weights dtype (``auto``, ``float16``, ``bfloat16``, ``float32``)."""
+    """Weights and compute dtype (``auto``, ``float16``, ``bfloat16``, ``float32``). ``auto``:
+    float32 on CPU for both engines (vLLM's own CPU choice, bfloat16, changed greedy answers:
+    docs/serving.md, "Engine defaults"; quantized checkpoints keep vLLM's choice), on GPU the checkpoint's
+    dtype (transformers) or vLLM's choice. ``forge-gateway check`` tests any setting on a model."""
     quantization: str | None = None
     """Quantization of the base model checkpoint (``awq``, ``gptq``, ``compressed-tensors``...)."""
     gpu_memory_utilization: Annotated[float, Meta(gt=0, le=1)] = 0.9
@@ -149,6 +152,11 @@ class ApiConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     tool_parser: str = "auto"
     """Tool-call parser for ``tool_choice: "auto"`` (a registered name such as ``hermes`` or
     ``llama3_json``); ``auto`` picks it from the model's chat template, else ``hermes``."""
+    list_aliases: bool = False
+    """List base-model aliases in ``/v1/models``: experts with no weights of their own, such as
+    the built-in ``general``/``code``/``math``/``writing`` or the example plugin's ``mathexpert``.
+    Off: ``/v1/models`` shows the base model, experts with weights of their own and ``auto``,
+    since every alias answers exactly as the base model; aliases still answer when named."""
 
 
 class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):

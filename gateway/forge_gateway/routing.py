@@ -3,7 +3,8 @@
 The catalog merges experts registered by plugins (``register_experts``) with the registry file,
 which wins on a name clash and is re-read when its mtime changes, so ``forge-train --register``
 or an admin call is picked up by a running gateway. ``model`` may name the base model, an expert,
-or ``"auto"`` (the configured classifier decides).
+or ``"auto"`` (the configured classifier decides; among experts of one specialization the ranking of
+:func:`forge_sdk.experts.best_expert` does, and the reason says which rule: ``...:rank=trained>alias``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import structlog
 from forge_gateway.engines.base import LoraSpec
 from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, ModelNotFoundError
-from forge_sdk.experts import ExpertModel, ExpertRegistry
+from forge_sdk.experts import ExpertModel, ExpertRegistry, stamped
 
 __all__ = [
     "AUTO",
@@ -49,9 +50,12 @@ class Target:
     expert: ExpertModel | None
     """The expert, or None for the base model itself."""
     reason: str
-    """``requested``, ``router:<classifier>:<why>``, or ``fallback:<why>``."""
+    """``requested``, ``router:<classifier>:<why>[:rank=<rule>]``, or ``fallback:<why>``."""
     confidence: float | None = None
     lora: LoraSpec | None = None
+    rank: str = ""
+    """The ranking rule that picked the expert among those of its specialization (a key of
+    :data:`forge_sdk.experts.RANK_RULES`), or empty."""
 
     @property
     def expert_name(self) -> str:
@@ -206,7 +210,7 @@ class ExpertCatalog:
                 self.registry.register(expert)
                 self._mtime = self.registry.mtime()
             else:
-                self._plugin_experts[expert.name] = expert
+                self._plugin_experts[expert.name] = stamped(expert, self.experts.values())
             self._rebuild()
 
     def unregister(self, name: str) -> None:
@@ -325,15 +329,15 @@ class ExpertCatalog:
             return Target(self.base_model_name, None, "router:none", 1.0)
         decision = self.classifier.classify_with_confidence(text)
         expert = self.experts.get(decision.expert)
-        reason = (
-            f"router:{self.classifier.name}:{decision.reason}"
-            if decision.reason
-            else f"router:{self.classifier.name}"
-        )
+        reason = f"router:{self.classifier.name}"
+        if decision.reason:
+            reason += f":{decision.reason}"
+        if decision.rank:
+            reason += f":rank={decision.rank}"
         if expert is None or not self.servable(expert):
             target = Target(decision.expert, expert, reason, decision.confidence)
             return self.fallback(target, "unservable")
-        return Target(expert.name, expert, reason, decision.confidence, self.lora_for(expert))
+        return Target(expert.name, expert, reason, decision.confidence, self.lora_for(expert), decision.rank)
 
     def fallback(self, target: Target, why: str) -> Target:
         """Re-target a request whose expert is unavailable to the default expert (SDD §9.2).
@@ -351,8 +355,15 @@ class ExpertCatalog:
             )
         return Target(default.name, default, f"fallback:{failed}-{why}", lora=self.lora_for(default))
 
-    def model_names(self) -> list[str]:
-        """Base model first, then every servable expert, then ``auto``."""
+    def model_names(self, *, aliases: bool = True) -> list[str]:
+        """Base model first, then every servable expert, then ``auto``.
+
+        Args:
+            aliases: include experts that are the base model under another name (no weights of
+                their own); they still resolve when named either way.
+        """
         names = [self.base_model_name]
-        names += [name for name, e in self.experts.items() if self.servable(e)]
+        names += [
+            name for name, e in self.experts.items() if self.servable(e) and (aliases or e.has_own_weights)
+        ]
         return [*names, AUTO]

@@ -8,7 +8,14 @@ Hooks (:data:`hookimpl`), the interfaces plugins implement (:class:`Classifier`,
 from forge_sdk.classifiers import Classification, Classifier
 from forge_sdk.clients import AsyncInferenceClient, InferenceClient, RouterClient
 from forge_sdk.errors import LargeForgeAIError
-from forge_sdk.experts import DEFAULT_EXPERTS, ExpertModel, ExpertRegistry, create_default_registry
+from forge_sdk.experts import (
+    DEFAULT_EXPERTS,
+    RANK_RULES,
+    ExpertModel,
+    ExpertRegistry,
+    best_expert,
+    create_default_registry,
+)
 from forge_sdk.hooks import hookimpl
 from forge_sdk.plugins import get_plugin_manager, list_plugins
 from forge_sdk.retry import RetryPolicy
@@ -17,6 +24,7 @@ from forge_sdk.training import Quantizer, TrainingMethod, TrainingResult
 
 __all__ = [
     "DEFAULT_EXPERTS",
+    "RANK_RULES",
     "AsyncInferenceClient",
     "Classification",
     "Classifier",
@@ -32,6 +40,7 @@ __all__ = [
     "ToolParser",
     "TrainingMethod",
     "TrainingResult",
+    "best_expert",
     "create_default_registry",
     "get_plugin_manager",
     "hookimpl",

@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 from msgspec import Struct
 
-from forge_sdk.experts import ExpertModel
+from forge_sdk.experts import ExpertModel, best_expert
 
 __all__ = ["Classification", "Classifier"]
 
@@ -22,6 +22,10 @@ class Classification(Struct):
     """How sure the classifier is, in [0, 1]."""
     reason: str = ""
     """Short human-readable why (e.g. ``keyword:integral``, ``neural:0.93``, ``default``)."""
+    rank: str = ""
+    """Which ranking rule picked ``expert`` among the experts sharing its specialization (a key
+    of :data:`forge_sdk.experts.RANK_RULES`, e.g. ``trained>alias``); empty when no ranking was
+    involved (the default expert, an expert chosen by name)."""
 
 
 class Classifier(abc.ABC):
@@ -71,17 +75,33 @@ class Classifier(abc.ABC):
         return expert.endpoint or "local"
 
     def expert_for_label(self, label: str) -> str:
-        """Map a predicted specialization label to the expert that should serve it.
+        """The name of the expert that should serve a predicted specialization ``label``
+        (see :meth:`choose_for_label`)."""
+        return self.choose_for_label(label)[0]
 
-        Among experts whose ``specialization`` is ``label``, the highest ``priority`` wins, then
-        the one named like the label (so an installed ``mathexpert`` with priority 10 takes over
-        ``math`` from the built-in ``math`` expert). An expert merely named ``label`` comes next;
-        the default expert last.
+    def choose_for_label(self, label: str) -> tuple[str, str]:
+        """Map a predicted specialization label to ``(expert name, rank rule)``.
+
+        Among experts whose ``specialization`` is ``label``, :func:`forge_sdk.experts.best_expert`
+        decides (a trained expert outranks an alias of the base model; then priority, then the
+        most recently registered). An expert merely named ``label`` comes next; the default
+        expert last (both with an empty rule).
         """
-        candidates = [e for e in self.experts.values() if e.specialization == label]
-        if candidates:
-            best = max(candidates, key=lambda e: (e.priority, e.name == label))
-            return best.name
+        picked = best_expert(self.experts.values(), label)
+        if picked is not None:
+            return picked[0].name, picked[1]
         if label in self.experts:
-            return label
-        return self.default_expert
+            return label, ""
+        return self.default_expert, ""
+
+    def settle(self, name: str) -> tuple[str, str]:
+        """``(expert, rank rule)`` for a classifier that chose the expert ``name`` directly (e.g.
+        by its keywords): an alias of the base model gives way to the best expert of its
+        specialization when that one has weights of its own; otherwise ``name`` stands."""
+        chosen = self.experts.get(name)
+        if chosen is None or chosen.has_own_weights:
+            return name, ""
+        picked = best_expert(self.experts.values(), chosen.specialization)
+        if picked is not None and picked[0].has_own_weights:
+            return picked[0].name, picked[1]
+        return name, ""

@@ -11,7 +11,20 @@ An expert is served one of three ways, decided by its fields:
 * ``adapter_path`` set: a LoRA adapter on the gateway's base model (in-process engine).
 * ``endpoint`` set: a remote OpenAI-compatible upstream (``endpoints``: more replicas of it).
 * ``model_path`` set: a standalone (merged / quantized) model on its own engine.
-* none of them: the base model itself under another name (e.g. ``general``).
+* none of them: the base model itself under another name (e.g. ``general``): an *alias*.
+
+When several experts share a specialization, :func:`best_expert` decides which one serves it
+(the one place this is decided; classifiers and the registry call it), and names the rule that
+decided, from :data:`RANK_RULES`:
+
+1. ``trained>alias``: an expert with weights of its own (adapter, standalone model, remote
+   endpoint) outranks an alias of the base model;
+2. ``priority``: then the higher ``priority``;
+3. ``recent``: then the most recently registered (``registered_at``; none counts as oldest);
+4. ``named``: then the expert named like the specialization (built-in ``math`` for ``math``);
+5. ``first``: all else equal, the first in registration order.
+
+``only`` says there was a single candidate.
 """
 
 from __future__ import annotations
@@ -23,7 +36,8 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -34,10 +48,14 @@ from forge_sdk.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_EXPERTS",
+    "RANK_RULES",
     "ExpertModel",
     "ExpertRegistry",
+    "best_expert",
     "check_keywords",
     "create_default_registry",
+    "rank_experts",
+    "stamped",
 ]
 
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, which would let "x\n" through
@@ -108,8 +126,12 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
     port: int | None = None
     """Legacy SDD field: port of a per-expert server; prefer ``endpoint``."""
     priority: int = 0
-    """When several experts share a specialization, routing picks the highest priority
-    (a plugin's specialist can take over ``math`` from the built-in ``math`` expert)."""
+    """Among experts of one specialization and of the same tier (weights of their own, or
+    aliases of the base model), the highest priority wins; see :func:`best_expert`."""
+    registered_at: float | None = None
+    """Unix time the expert was (last) registered, stamped by :meth:`ExpertRegistry.register`
+    when absent. Breaks priority ties: the most recently registered wins. None (plugins' experts,
+    registry files written before this field) counts as oldest."""
 
     def __post_init__(self) -> None:
         if self.endpoints and not self.endpoint:
@@ -134,6 +156,11 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
             return "standalone"
         return "base"
 
+    @property
+    def has_own_weights(self) -> bool:
+        """True for an adapter, standalone model or remote endpoint; False for a base-model alias."""
+        return self.kind != "base"
+
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form (what the registry file stores)."""
         return msgspec.to_builtins(self)  # type: ignore[no-any-return]
@@ -149,6 +176,62 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
             return msgspec.convert(data, cls)
         except msgspec.ValidationError as exc:
             raise ConfigurationError(f"invalid expert {data.get('name', '?')!r}: {exc}") from exc
+
+
+RANK_RULES: dict[str, str] = {
+    "only": "the only expert of the specialization",
+    "trained>alias": "an expert with weights of its own outranked aliases of the base model",
+    "priority": "the highest priority among the best candidates",
+    "recent": "the most recently registered among equal priorities",
+    "named": "the expert named like the specialization",
+    "first": "all else equal, the first registered",
+}
+"""The rules :func:`best_expert` reports (in the order they apply, after ``only``), with what each means."""
+
+
+def _rank_key(expert: ExpertModel, label: str) -> tuple[bool, int, float, bool]:
+    return (expert.has_own_weights, expert.priority, expert.registered_at or 0.0, expert.name == label)
+
+
+def rank_experts(experts: Iterable[ExpertModel], label: str = "") -> list[ExpertModel]:
+    """``experts`` best first by the ranking rules (ties keep the given order)."""
+    return sorted(experts, key=lambda e: _rank_key(e, label), reverse=True)
+
+
+def best_expert(experts: Iterable[ExpertModel], specialization: str) -> tuple[ExpertModel, str] | None:
+    """The expert that serves ``specialization`` among ``experts``, and the rule that decided.
+
+    Candidates are the experts whose specialization equals ``specialization`` (case-insensitive);
+    the rule is the first of :data:`RANK_RULES` on which the winner beats the runner-up.
+
+    Returns:
+        ``(expert, rule)``, or None when no expert has that specialization.
+    """
+    label = specialization.casefold()
+    candidates = [e for e in experts if e.specialization.casefold() == label]
+    if not candidates:
+        return None
+    # sorted() is stable and reverse=True keeps equal keys in their order: the first registered wins.
+    ranked = rank_experts(candidates, label)
+    if len(ranked) == 1:
+        return ranked[0], "only"
+    best, runner = _rank_key(ranked[0], label), _rank_key(ranked[1], label)
+    rules = ("trained>alias", "priority", "recent", "named")
+    rule = next((name for name, a, b in zip(rules, best, runner, strict=True) if a != b), "first")
+    return ranked[0], rule
+
+
+def stamped(expert: ExpertModel, after: Iterable[ExpertModel] = ()) -> ExpertModel:
+    """``expert`` with ``registered_at`` set to now when it has none.
+
+    Args:
+        after: experts already registered; the stamp is later than all of theirs (by 1 ms at
+            least), so two registrations in the same millisecond still rank in their order.
+    """
+    if expert.registered_at is not None:
+        return expert
+    latest = max((e.registered_at or 0.0 for e in after), default=0.0)
+    return msgspec.structs.replace(expert, registered_at=round(max(time.time(), latest + 0.001), 3))
 
 
 class _RegistryFile(Struct, forbid_unknown_fields=True):
@@ -243,10 +326,11 @@ class ExpertRegistry:
         """Add or replace an expert (saved when the registry has a file).
 
         With a file, the change is applied to the file's current content under its lock, so
-        changes other processes made meanwhile are kept.
+        changes other processes made meanwhile are kept. An expert without ``registered_at``
+        gets the current time (re-registering a name makes it the most recent).
         """
         with self._lock, self._file_change(save):
-            self.experts[expert.name] = expert
+            self.experts[expert.name] = stamped(expert, self.experts.values())
 
     def unregister(self, name: str, *, save: bool = True) -> None:
         """Remove an expert.
@@ -291,8 +375,10 @@ class ExpertRegistry:
         return [e for e in self.experts.values() if any(pattern.search(k.lower()) for k in e.keywords)]
 
     def find_by_specialization(self, spec: str) -> builtins.list[ExpertModel]:
-        """Experts whose specialization equals ``spec`` (case-insensitive)."""
-        return [e for e in self.experts.values() if e.specialization.lower() == spec.lower()]
+        """Experts whose specialization equals ``spec`` (case-insensitive), best first (the order
+        of :func:`best_expert`: the first one is the expert that serves ``spec``)."""
+        label = spec.casefold()
+        return rank_experts((e for e in self.experts.values() if e.specialization.casefold() == label), label)
 
     def save(self, path: str | Path | None = None) -> None:
         """Write the registry atomically to ``path`` (default: its own file).

@@ -176,6 +176,9 @@ class RouteDecision(Struct):
     confidence: float
     classifier: str
     reason: str = ""
+    rank: str = ""
+    """The ranking rule that picked ``expert`` among the experts of its specialization (a key of
+    :data:`forge_sdk.experts.RANK_RULES`, e.g. ``trained>alias``); empty when none applied."""
 
 
 def to_json(obj: object) -> bytes:

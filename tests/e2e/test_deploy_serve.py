@@ -51,12 +51,6 @@ def checkpoints(
     return {"adapter": str(adapter), "merged": merged, "gptq": gptq, "awq": awq}
 
 
-@pytest.fixture(scope="module")
-def answers() -> dict[str, str]:
-    """Greedy answers seen so far, by model name (later tests compare against them)."""
-    return {}
-
-
 def _chat(client: openai.OpenAI, model: str) -> tuple[str, httpx.Headers]:
     raw = client.chat.completions.with_raw_response.create(
         model=model, messages=MESSAGES, max_tokens=MAX_TOKENS, temperature=0
@@ -71,8 +65,59 @@ def _experts(gw: ServedGateway) -> dict[str, dict]:
     return {e["name"]: e for e in gw.get("/experts").json()["experts"]}
 
 
+# Each test sets up what it needs through these fixtures (never through another test's leftovers),
+# so any test runs alone or in any order. Registrations are cached per module and redone when a
+# test (test_unregistered_...) removed them: engines start only when they are needed.
+_MERGED: dict[str, dict] = {}
+_ANSWERS: dict[str, str] = {}
+
+
+@pytest.fixture(scope="module")
+def base_answer(vllm_gateway: ServedGateway) -> str:
+    """The base model's greedy answer (``general``, a base-model alias, answers the same)."""
+    return _chat(vllm_gateway.client(), "tiny")[0]
+
+
+@pytest.fixture
+def merged(vllm_gateway: ServedGateway, checkpoints: dict[str, str]) -> dict:
+    """``merged`` registered through the admin API: its answer and its state right after."""
+    if "merged" not in _experts(vllm_gateway):
+        resp = httpx.post(
+            f"{vllm_gateway.url}/admin/experts",
+            json={"name": "merged", "model_path": checkpoints["merged"], "specialization": "writing"},
+            timeout=30,
+        )
+        assert resp.status_code == 201, resp.text
+        state = _experts(vllm_gateway)["merged"]["status"]["state"]
+        _MERGED["merged"] = {"status": resp.status_code, "body": resp.json(), "state_after": state}
+    return _MERGED["merged"]
+
+
+@pytest.fixture
+def quantized(vllm_gateway: ServedGateway, checkpoints: dict[str, str]) -> dict[str, str]:
+    """``merged-gptq`` and ``merged-awq`` in the registry file (what a deploy script does: an
+    atomic rewrite), with their greedy answers."""
+    names = {f"merged-{method}": method for method in ("gptq", "awq")}
+    if set(names) - set(_experts(vllm_gateway)):
+        registry = ExpertRegistry(vllm_gateway.registry)
+        for name, method in names.items():
+            registry.register(
+                ExpertModel(name=name, model_path=checkpoints[method], quantization=method)  # type: ignore[arg-type]
+            )
+        time.sleep(0.6)  # the gateway stats the registry file at most every 0.5 s
+    client = vllm_gateway.client()
+    for name in names:
+        if name not in _ANSWERS:
+            _ANSWERS[name] = _chat(client, name)[0]
+    return {name: _ANSWERS[name] for name in names}
+
+
 def test_merged_expert_registered_through_the_admin_api_answers_like_its_adapter(
-    vllm_gateway: ServedGateway, checkpoints: dict[str, str], tiny_model_dir: Path, answers: dict[str, str]
+    vllm_gateway: ServedGateway,
+    checkpoints: dict[str, str],
+    tiny_model_dir: Path,
+    merged: dict,
+    base_answer: str,
 ) -> None:
     bad = httpx.post(
         f"{vllm_gateway.url}/admin/experts",
@@ -80,22 +125,16 @@ def test_merged_expert_registered_through_the_admin_api_answers_like_its_adapter
         timeout=30,
     )
     assert bad.status_code == 400 and "config.json" in bad.json()["error"]["message"]
-    resp = httpx.post(
-        f"{vllm_gateway.url}/admin/experts",
-        json={"name": "merged", "model_path": checkpoints["merged"], "specialization": "writing"},
-        timeout=30,
-    )
-    assert resp.status_code == 201, resp.text
-    assert resp.json()["kind"] == "standalone" and resp.json()["servable"] is True
-    assert _experts(vllm_gateway)["merged"]["status"]["state"] == "idle"  # lazy: nothing loaded yet
+    assert merged["status"] == 201
+    assert merged["body"]["kind"] == "standalone" and merged["body"]["servable"] is True
+    assert merged["state_after"] == "idle"  # lazy: nothing loaded at registration
 
     client = vllm_gateway.client()
     text, headers = _chat(client, "merged")
     assert headers["x-forge-expert"] == "merged"
     expected = reference_text(tiny_model_dir, Path(checkpoints["adapter"]), MESSAGES, MAX_TOKENS)
     assert text == expected
-    answers["tiny"], _ = _chat(client, "tiny")
-    assert answers["tiny"] != expected  # the merged weights really differ from the base's
+    assert base_answer != expected  # the merged weights really differ from the base's
     assert _experts(vllm_gateway)["merged"]["status"]["state"] == "running"
     health = vllm_gateway.get("/health").json()
     assert health["standalone_engines"]["merged"]["ok"] is True
@@ -103,33 +142,24 @@ def test_merged_expert_registered_through_the_admin_api_answers_like_its_adapter
 
 
 def test_gptq_and_awq_experts_from_the_registry_file_are_served(
-    vllm_gateway: ServedGateway, checkpoints: dict[str, str], answers: dict[str, str]
+    vllm_gateway: ServedGateway, quantized: dict[str, str], base_answer: str
 ) -> None:
-    # What a deploy script (or forge-train --register) does: an atomic rewrite of the registry.
-    registry = ExpertRegistry(vllm_gateway.registry)
-    for method in ("gptq", "awq"):
-        registry.register(
-            ExpertModel(name=f"merged-{method}", model_path=checkpoints[method], quantization=method)  # type: ignore[arg-type]
-        )
-    time.sleep(0.6)  # the gateway stats the registry file at most every 0.5 s
     client = vllm_gateway.client()
     models = [m.id for m in client.models.list().data]
-    assert {"merged", "merged-gptq", "merged-awq"} <= set(models)
-    for method in ("gptq", "awq"):
-        name = f"merged-{method}"
+    assert set(quantized) <= set(models)
+    for name, first in quantized.items():
         text, headers = _chat(client, name)
         assert headers["x-forge-expert"] == name and headers["x-forge-route-reason"] == "requested"
         assert int(text.rsplit("#", 1)[1]) > 0
-        assert text != answers["tiny"]  # its own engine, not the base model's
-        assert _chat(client, name)[0] == text  # greedy: stable
-        answers[name] = text
+        assert text != base_answer  # its own engine, not the base model's
+        assert text == first  # greedy: stable
         entry = _experts(vllm_gateway)[name]
-        assert entry["kind"] == "standalone" and entry["quantization"] == method
+        assert entry["kind"] == "standalone" and entry["quantization"] == name.rsplit("-", 1)[1]
         assert entry["status"]["state"] == "running"
 
 
 def test_a_standalone_expert_that_cannot_start_falls_back_or_503s(
-    vllm_gateway: ServedGateway, tmp_path: Path, answers: dict[str, str]
+    vllm_gateway: ServedGateway, tmp_path: Path, base_answer: str
 ) -> None:
     empty = tmp_path / "not-a-model"
     empty.mkdir()
@@ -140,7 +170,7 @@ def test_a_standalone_expert_that_cannot_start_falls_back_or_503s(
     text, headers = _chat(client, "broken")  # SDD §9.2: expert unavailable -> general
     assert headers["x-forge-expert"] == "general"
     assert headers["x-forge-route-reason"] == "fallback:broken-engine"
-    assert text == answers["tiny"]  # general is the base model under another name
+    assert text == base_answer  # general is the base model under another name
     status = _experts(vllm_gateway)["broken"]["status"]
     assert status["state"] == "failed" and "config.json" in status["error"]
     health = vllm_gateway.get("/health")
@@ -183,7 +213,7 @@ def quantized_base(
 
 
 def test_serve_a_quantized_checkpoint_as_the_base_model(
-    quantized_base: GatewayProcess, checkpoints: dict[str, str], answers: dict[str, str]
+    quantized_base: GatewayProcess, checkpoints: dict[str, str], quantized: dict[str, str]
 ) -> None:
     engines = httpx.get(f"{quantized_base.base_url}/health", timeout=30).json()["standalone_engines"]
     assert engines["merged-gptq"]["state"] == "running"  # started with the gateway, before any request
@@ -193,11 +223,16 @@ def test_serve_a_quantized_checkpoint_as_the_base_model(
     assert headers["x-forge-expert"] == base_name
     # Same checkpoint, same engine kind: the base of this gateway and the standalone expert of the
     # other one give the same greedy tokens; likewise the GPTQ expert on both gateways.
-    assert text == answers["merged-awq"]
-    assert _chat(client, "merged-gptq")[0] == answers["merged-gptq"]
+    assert text == quantized["merged-awq"]
+    assert _chat(client, "merged-gptq")[0] == quantized["merged-gptq"]
 
 
-def test_unregistered_standalone_experts_stop_their_engines(vllm_gateway: ServedGateway) -> None:
+def test_unregistered_standalone_experts_stop_their_engines(
+    vllm_gateway: ServedGateway, merged: dict, quantized: dict[str, str]
+) -> None:
+    client = vllm_gateway.client()
+    for name in ("merged", *quantized):  # running engines, whatever ran before
+        _chat(client, name)
     resp = httpx.delete(f"{vllm_gateway.url}/admin/experts/merged", timeout=60)
     assert resp.status_code == 200 and resp.json()["kind"] == "standalone"
     registry = ExpertRegistry(vllm_gateway.registry)
@@ -208,11 +243,11 @@ def test_unregistered_standalone_experts_stop_their_engines(vllm_gateway: Served
     while True:
         names = _experts(vllm_gateway)  # /experts re-reads the registry file
         engines = vllm_gateway.get("/health").json()["standalone_engines"]
-        if not engines or time.monotonic() > deadline:
+        if not {"merged", *quantized} & set(engines) or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     assert not {"merged", "merged-gptq", "merged-awq"} & set(names)
-    assert engines == {}
+    assert not {"merged", *quantized} & set(engines)
     with pytest.raises(openai.NotFoundError):
         _chat(vllm_gateway.client(), "merged-gptq")
     log = vllm_gateway.log.read_text()
@@ -220,3 +255,4 @@ def test_unregistered_standalone_experts_stop_their_engines(vllm_gateway: Served
         json.loads(line).get("expert") for line in log.splitlines() if "standalone_engine_stopped" in line
     }
     assert {"merged", "merged-gptq", "merged-awq"} <= stopped
+    _ANSWERS.clear()  # a later test re-registers them (answers are recomputed then)

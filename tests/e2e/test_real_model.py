@@ -16,12 +16,39 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def real_gateway(real_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    """``forge-gateway serve --model smollm2-135m-instruct`` with nothing else that changes the engine:
+    the suite-wide ``FORGE_ENGINE_ENFORCE_EAGER`` (tests/conftest.py) is removed, so vLLM compiles
+    where a C++ compiler is present, as a user's gateway does."""
     pytest.importorskip("vllm")
     root = tmp_path_factory.mktemp("real-gateway")
-    env = {"FORGE_AUTH_DB_PATH": str(root / "auth.db"), "FORGE_ENGINE_DTYPE": "float32"}
-    args = ["--model", REAL_MODEL, "--engine", "vllm", "--max-model-len", "1024", "--no-lora"]
-    with GatewayProcess(args, env=env, log_path=root / "gateway.log") as gw:
+    env = {"FORGE_AUTH_DB_PATH": str(root / "auth.db"), "FORGE_ENGINE_ENFORCE_EAGER": None}
+    # --engine vllm: without vLLM the default is the transformers engine, which the skip above rules out.
+    args = ["--model", REAL_MODEL, "--engine", "vllm"]
+    # A compiled start took 226-243 s on the loaded 2-core box (README, Engines): room for it.
+    with GatewayProcess(args, env=env, log_path=root / "gateway.log", startup_timeout=900) as gw:
         yield gw
+
+
+def test_the_default_engine_settings_are_logged(real_gateway: GatewayProcess) -> None:
+    """The gateway says at start what it runs (dtype, compiled or eager, LoRA), as decided by the
+    engine's defaults (float32 on CPU: docs/serving.md, Engine defaults)."""
+    import json
+
+    settings = [
+        json.loads(line)
+        for line in real_gateway.log_text().splitlines()
+        if line.startswith("{") and '"engine_settings"' in line
+    ]
+    assert len(settings) == 1 and settings[0]["engine"] == "vllm" and settings[0]["lora"] is False
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu():
+        import os
+        import shutil
+
+        assert settings[0]["dtype"] == "float32"
+        # Compiled wherever inductor finds a C++ compiler; eager without one.
+        assert settings[0]["compiled"] is (shutil.which(os.environ.get("CXX") or "g++") is not None)
 
 
 def test_greedy_capital_of_france(real_gateway: GatewayProcess) -> None:

@@ -100,3 +100,10 @@ def test_trained_adapter_is_served_by_the_running_gateway(
     assert "myexpert" in [m.id for m in client.models.list().data]
     listed = {e["name"]: e for e in vllm_gateway.get("/experts").json()["experts"]}
     assert listed["myexpert"]["kind"] == "adapter" and listed["myexpert"]["trained_on"] == str(sft_rows)
+    # model="auto" reaches it: a writing question goes to the trained expert, not the built-in
+    # `writing` alias of the base model, and the route reason names the rule.
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Write a haiku about autumn"}], max_tokens=4
+    )
+    assert raw.headers["x-forge-expert"] == "myexpert"
+    assert raw.headers["x-forge-route-reason"].endswith(":rank=trained>alias")

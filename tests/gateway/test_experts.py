@@ -119,7 +119,8 @@ async def test_generate_rejects_bad_bodies(env: Env) -> None:
 async def test_models_and_chat_headers_say_who_served_and_why(env: Env) -> None:
     models = (await env.http.get("/v1/models")).json()
     ids = [m["id"] for m in models["data"]]
-    assert ids[0] == "tiny" and ids[-1] == "auto" and {"general", "code", "legal"} <= set(ids)
+    assert ids[0] == "tiny" and ids[-1] == "auto" and "legal" in ids
+    assert not {"general", "code"} & set(ids)  # aliases of the base model: not listed by default
     assert all(m["object"] == "model" and m["root"] == "tiny" for m in models["data"][1:])
     chat = {"messages": [{"role": "user", "content": "debug my javascript code"}], "max_tokens": 2}
     auto = await env.http.post("/v1/chat/completions", json={"model": "auto", **chat})

@@ -140,7 +140,7 @@ def test_engine_failures_fail_in_one_line(tmp_path: Path, tiny_model_dir: Path) 
 def test_1024_position_llama_serves_with_default_config(llama1024: Path, tmp_path: Path) -> None:
     pytest.importorskip("vllm")
     env = {"FORGE_AUTH_DB_PATH": str(tmp_path / "auth.db")}
-    args = ["--model", str(llama1024), "--served-model-name", "llama1024", "--engine", "vllm", "--no-lora"]
+    args = ["--model", str(llama1024), "--served-model-name", "llama1024", "--engine", "vllm"]
     with GatewayProcess(args, env=env) as gw:
         client = openai.OpenAI(base_url=f"{gw.base_url}/v1", api_key="unused", max_retries=0)
         done = client.completions.create(model="llama1024", prompt="hello", max_tokens=4, temperature=0)

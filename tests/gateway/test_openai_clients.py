@@ -48,7 +48,11 @@ CITY_SCHEMA = {
 
 
 def _serve(model_dir: Path, engine: str, log: Path) -> GatewayProcess:
-    args = ["--model", str(model_dir), "--served-model-name", MODEL, "--engine", engine, "--no-lora"]
+    """The default configuration of each engine, except that vLLM runs eagerly here: the suite-wide
+    ``FORGE_ENGINE_ENFORCE_EAGER`` (tests/conftest.py) spares this module a compile. Eager and
+    compiled float32 generate the same tokens (tests/gateway/test_parity.py runs the compiled
+    default; tests/e2e/test_real_model.py serves it)."""
+    args = ["--model", str(model_dir), "--served-model-name", MODEL, "--engine", engine]
     return GatewayProcess([*args, "--max-model-len", "2048"], log_path=log)
 
 
@@ -226,7 +230,27 @@ def test_greedy_agrees_with_a_permissive_constraint(url: str) -> None:
     assert constrained and constrained in text and isinstance(json.loads(constrained), dict)
 
 
+LOGPROB_TOLERANCE = 1e-3
+"""Largest difference allowed between the two engines' log-probs of the same token (nats).
+
+What is compared, on CPU: both engines' default configurations, the transformers engine in
+float32 and the vLLM engine in float32 (its CPU default: vLLM's own bfloat16 changed greedy
+answers), vLLM eager in this module (see ``_serve``). Two float32 implementations differ by
+rounding only: on the parity prompts (``forge_gateway.parity``, 8 x 32 tokens) vLLM's log-probs
+stayed within 2.7e-5 of transformers', eager or compiled, LoRA on or off (docs/serving.md, "Engine
+defaults"): 1e-3 leaves ~40x room for other CPUs' kernels, while bfloat16 moved them by up to 0.13
+nats and fails it."""
+
+
+def _vllm_on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return bool(current_platform.is_cpu())
+
+
 def test_chat_logprobs_agree_across_engines_and_stream(tf_url: str, vllm_url: str) -> None:
+    """The engines' log-probs agree within ``LOGPROB_TOLERANCE`` (both float32 on CPU), and vLLM
+    streams the tokens it returns whole."""
     results = []
     for url in (tf_url, vllm_url):
         resp = _client(url).chat.completions.create(
@@ -249,7 +273,9 @@ def test_chat_logprobs_agree_across_engines_and_stream(tf_url: str, vllm_url: st
         results.append(content)
     tf, vl = results
     assert [e.token for e in tf] == [e.token for e in vl]
-    assert all(abs(a.logprob - b.logprob) < 0.05 for a, b in zip(tf, vl, strict=True))
+    if _vllm_on_cpu():  # on GPU vLLM's default is half precision: close, not float32-close
+        worst = max(abs(a.logprob - b.logprob) for a, b in zip(tf, vl, strict=True))
+        assert worst < LOGPROB_TOLERANCE, worst
     chunks = list(
         _client(vllm_url).chat.completions.create(
             model=MODEL,
@@ -289,8 +315,10 @@ def test_completions_echo_scores_the_prompt_like_an_eval_harness(tf_url: str, vl
         assert max(lp.top_logprobs[-1], key=lp.top_logprobs[-1].get) == " Paris"  # type: ignore[union-attr, index, arg-type]
         assert resp.choices[1].text == "2 + 2 ="
         sums.append(sum(lp.token_logprobs[1:]))  # type: ignore[union-attr, index, arg-type]
-    # vLLM may run the checkpoint in bfloat16, the transformers engine in float32: close, not equal.
-    assert abs(sums[0] - sums[1]) < max(0.1, 0.03 * abs(sums[0]))
+    # Both float32 on CPU (see LOGPROB_TOLERANCE), for each of the prompt's tokens; half precision
+    # (vLLM's GPU default) only close.
+    bound = LOGPROB_TOLERANCE * len(lp.tokens) if _vllm_on_cpu() else max(0.1, 0.03 * abs(sums[0]))  # type: ignore[union-attr, arg-type]
+    assert abs(sums[0] - sums[1]) < bound
 
 
 def test_logit_bias_steers_both_engines(url: str, real_model_dir: Path) -> None:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -236,26 +237,34 @@ def _eventually(check: Callable[[], bool], timeout: float = 15.0) -> float:
     return time.monotonic() - start
 
 
-@pytest.fixture(scope="module")
-def replicas(
-    pg: PostgresServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+@contextmanager
+def _replica_pair(
+    pg: PostgresServer, database: str, model_dir: Path, tmp: Path
 ) -> Iterator[tuple[GatewayProcess, GatewayProcess, str]]:
-    url = _database(pg, "forge_replicas")
+    """Two gateways sharing a fresh PostgreSQL database, and an admin key of it."""
+    url = _database(pg, database)
     admin = pg.create_key(url, "ops", admin=True)
-    tmp = tmp_path_factory.mktemp("pg-replicas")
     env = {
         "FORGE_AUTH_DATABASE_URL": url,
         "FORGE_AUTH_REFRESH_INTERVAL": str(REFRESH),
         "FORGE_AUTH_USAGE_FLUSH_INTERVAL": "0.2",
         "FORGE_AUTH_DATABASE_TIMEOUT": "1",
     }
-    args = ["--model", str(tiny_model_dir), "--served-model-name", "tiny", "--engine", "transformers"]
+    args = ["--model", str(model_dir), "--served-model-name", "tiny", "--engine", "transformers"]
     args += ["--classifier", "keyword"]
     with (
         GatewayProcess(args, env=env, log_path=tmp / "a.log") as gw_a,
         GatewayProcess(args, env=env, log_path=tmp / "b.log") as gw_b,
     ):
         yield gw_a, gw_b, admin
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    pg: PostgresServer, tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[GatewayProcess, GatewayProcess, str]]:
+    with _replica_pair(pg, "forge_replicas", tiny_model_dir, tmp_path_factory.mktemp("pg-replicas")) as pair:
+        yield pair
 
 
 def _chat(gw: GatewayProcess, key: str) -> httpx.Response:
@@ -367,21 +376,25 @@ def test_frozen_database_never_stalls_a_gateway(
 
 
 def test_replicas_stop_cleanly_and_release_their_connections(
-    pg: PostgresServer, replicas: tuple[GatewayProcess, GatewayProcess, str]
+    pg: PostgresServer, tiny_model_dir: Path, tmp_path: Path
 ) -> None:
     import psycopg
 
+    # Its own pair on its own database: stopping the module's shared replicas would leave other
+    # tests without them, and their connections would be counted here.
     def connections() -> int:
         with psycopg.connect(pg.url, autocommit=True) as conn:
             row = conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'forge-gateway'"
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE application_name = 'forge-gateway' AND datname = 'forge_replicas_stop'"
             ).fetchone()
             return int(row[0]) if row else 0
 
-    assert 0 < connections() <= 8  # two pools of at most auth.database_pool_size (4)
-    for gw in replicas[:2]:
-        assert gw.stop() == 0  # type: ignore[union-attr]
-        log = gw.log_text()  # type: ignore[union-attr]
-        for bad in ("Traceback", "Task was destroyed", "Event loop is closed", "never awaited"):
-            assert bad not in log, log[-3000:]
-    _eventually(lambda: connections() == 0, timeout=10)
+    with _replica_pair(pg, "forge_replicas_stop", tiny_model_dir, tmp_path) as replicas:
+        assert 0 < connections() <= 8  # two pools of at most auth.database_pool_size (4)
+        for gw in replicas[:2]:
+            assert gw.stop() == 0  # type: ignore[union-attr]
+            log = gw.log_text()  # type: ignore[union-attr]
+            for bad in ("Traceback", "Task was destroyed", "Event loop is closed", "never awaited"):
+                assert bad not in log, log[-3000:]
+        _eventually(lambda: connections() == 0, timeout=10)

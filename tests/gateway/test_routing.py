@@ -6,6 +6,7 @@ import os
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from forge_gateway.routing import AUTO, ExpertCatalog
@@ -166,7 +167,9 @@ def test_register_and_unregister_persist_without_clobbering_outside_edits(tmp_pa
     path = tmp_path / "experts.json"
     catalog = _catalog(path)
     catalog.register(ADAPTER)
-    assert ExpertRegistry(path).get("sql") == ADAPTER
+    saved = ExpertRegistry(path).get("sql")
+    assert saved is not None and saved.registered_at is not None  # stamped when registered
+    assert msgspec.structs.replace(saved, registered_at=None) == ADAPTER
     _write(path, ADAPTER, REMOTE)  # another process (forge-train --register) adds an expert
     catalog.register(ExpertModel(name="poems", specialization="writing"))
     on_disk = ExpertRegistry(path)

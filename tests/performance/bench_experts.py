@@ -1,21 +1,28 @@
-"""The measured win: specialist LoRA experts on SmolLM2-135M-Instruct beat the base on their domains.
+"""The measured win, on the product's own path: experts trained and registered exactly as the
+README tells a user, reached by ``model="auto"`` on the standard install (example plugin included).
 
 1. ``forge-gateway models pull smollm2-135m-instruct`` (cached after the first run).
 2. Split ../shared/data/expert_math_gsm8k_2k.jsonl (GSM8K train) and expert_code_mbpp.jsonl (MBPP):
    the first ``--train-rows`` rows of each train an expert, the last ``--eval-rows`` are held out.
-3. ``forge-train sft`` trains a math and a code LoRA expert and registers them (``--register math
-   --specialization math --priority 10``, the same for code) in a fresh registry; peak RSS and time
-   of each run are measured (``os.wait4``).
-4. ``forge-gateway serve --model smollm2-135m-instruct --registry ...`` serves base + both experts.
+3. ``forge-train sft --model smollm2-135m-instruct --dataset ... --output ... --register math-smol
+   --specialization math --registry experts.json`` (the same for ``code-smol``): no priority, no
+   keywords, a fresh registry, like a user's first run; the budget flags (steps, batch, length,
+   learning rate) only size the run. Peak RSS and time of each run are measured (``os.wait4``).
+4. ``forge-gateway serve --model smollm2-135m-instruct --registry experts.json`` with every other
+   setting at its default (engine dtype included) and the installed plugins: the built-in aliases
+   ``general``/``code``/``math``/``writing`` and the example plugin's ``mathexpert`` (priority 10)
+   compete with the trained experts for ``auto``.
 5. Held-out NLL per answer token (assistant tokens only) through the gateway (``/v1/completions``
    ``echo`` + ``logprobs``, :func:`forge_train.evaluate.gateway_answer_nll`) for the base, each
-   expert and ``model="auto"`` (the router picks per conversation) on the math, code and mixed
-   (both together) held-out sets; the base is also scored locally as a cross-check of the gateway path.
+   expert and ``model="auto"`` on the math, code and mixed (both together) held-out sets, with
+   who served ``auto`` and the ranking rule ``/route`` reports; the base is also scored locally
+   (transformers, float32) as a cross-check of the gateway path.
 
-Expected shape: each expert beats the base on its own domain; ``auto`` on the mixed set beats the
-base and every single expert. Prints a table; asserts nothing. CPU budget (2 shared cores): the
-defaults train 64 rows per expert for 16 steps (one epoch) of batch 4 at <= 256 tokens, and hold
-out 16 conversations per domain. Run:
+Expected shape: each expert beats the base on its own domain; ``auto`` reaches the trained experts
+(rule ``trained>alias``), so on the mixed set it beats the base and every single expert. Prints a
+table; asserts nothing. CPU budget (2 shared cores): the defaults train 64 rows per expert for 16
+steps (one epoch) of batch 4 at <= 256 tokens, and hold out 16 conversations per domain. Run (with
+``pip install ./examples/forge-plugin-mathexpert`` done, as scripts/setup.sh does):
 
     OMP_NUM_THREADS=1 nice -n 10 python tests/performance/bench_experts.py [--train-rows 64 --steps 16]
 """
@@ -31,11 +38,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import httpx
+
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 MODEL = "smollm2-135m-instruct"
 DOMAINS = {"math": "expert_math_gsm8k_2k.jsonl", "code": "expert_code_mbpp.jsonl"}
-KEYWORDS = {"math": "arithmetic,how many,how much,total", "code": "python,function,write a function,list"}
+EXPERTS = {"math": "math-smol", "code": "code-smol"}
+"""Registered names, as in the README's example."""
 
 sys.path[:0] = [str(REPO / p) for p in ("sdk", "gateway", "trainers", "plugins", "")]
 
@@ -63,9 +73,9 @@ def _train(domain: str, rows: Path, out: Path, registry: Path, a: argparse.Names
     cmd = [sys.executable, "-m", "forge_train.cli", "sft", "--model", MODEL, "--dataset", str(rows)]
     cmd += ["--output", str(out), "--max-steps", str(a.steps), "--batch-size", str(a.batch_size)]
     cmd += ["--max-length", str(a.max_length), "--lr", str(a.lr), "--lora-r", "16", "--lora-alpha", "32"]
-    cmd += ["--lr-scheduler", "cosine", "--logging-steps", "4", "--save-steps", "100000"]
-    cmd += ["--register", domain, "--specialization", domain, "--keywords", KEYWORDS[domain]]
-    cmd += ["--priority", "10", "--registry", str(registry)]
+    cmd += ["--lr-scheduler", "cosine", "--save-steps", "100000"]
+    # Registration exactly as the README shows a user: a name and a specialization, nothing else.
+    cmd += ["--register", EXPERTS[domain], "--specialization", domain, "--registry", str(registry)]
     # Peak RSS of the child itself (wait4 on its pid), not of this process.
     started = time.monotonic()
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -91,9 +101,17 @@ def main() -> None:
     parser.add_argument("--workdir", help="keep outputs here (default: a temporary folder)")
     a = parser.parse_args()
 
-    from forge_sdk.experts import create_default_registry
+    from importlib import metadata
+
     from forge_train.evaluate import EvalResult, gateway_answer_nll, local_answer_nll
     from tests.support import GatewayProcess
+
+    try:
+        metadata.distribution("forge-plugin-mathexpert")
+    except metadata.PackageNotFoundError:
+        raise SystemExit(
+            "the standard install includes the example plugin: pip install ./examples/forge-plugin-mathexpert"
+        ) from None
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="bench-experts-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -102,8 +120,7 @@ def main() -> None:
 
     heldout: dict[str, Path] = {}
     registry = work / "experts.json"
-    registry.unlink(missing_ok=True)
-    create_default_registry(registry)
+    registry.unlink(missing_ok=True)  # a user's first run: no registry yet
     for domain, name in DOMAINS.items():
         lines = (DATA / name).read_text(encoding="utf-8").splitlines()
         train, held = lines[: a.train_rows], lines[-a.eval_rows :]
@@ -119,15 +136,24 @@ def main() -> None:
         print(f"  {domain}: peak RSS {rss:.0f} MiB, {wall:.0f} s wall (shared machine: noisy)", flush=True)
 
     local_base = {d: local_answer_nll(MODEL, str(p)) for d, p in heldout.items()}
-    env = {"FORGE_ENGINE_DTYPE": "float32", "FORGE_AUTH_DB_PATH": str(work / "auth.db")}
-    args = ["--model", MODEL, "--registry", str(registry), "--max-model-len", "1024"]
+    env = {"FORGE_AUTH_DB_PATH": str(work / "auth.db")}  # every engine setting at its default
+    args = ["--model", MODEL, "--registry", str(registry)]
     results: dict[str, dict[str, EvalResult]] = {}
+    rules: dict[str, int] = {}
     with GatewayProcess(args, env=env, log_path=work / "gateway.log", startup_timeout=900) as gw:
-        for model in (MODEL, "math", "code", "auto"):
+        listed = [m["id"] for m in httpx.get(f"{gw.base_url}/v1/models", timeout=30).json()["data"]]
+        print(f"  /v1/models: {listed}", flush=True)
+        for model in (MODEL, *EXPERTS.values(), "auto"):
             results[model] = {
                 d: gateway_answer_nll(gw.base_url, model, str(p), MODEL) for d, p in heldout.items()
             }
             print(f"  scored {model}", flush=True)
+        for path in heldout.values():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                question = next(m["content"] for m in json.loads(line)["messages"] if m["role"] == "user")
+                decision = httpx.post(f"{gw.base_url}/route", params={"query": question}, timeout=30).json()
+                key = f"{decision['expert']} ({decision.get('rank') or decision['reason']})"
+                rules[key] = rules.get(key, 0) + 1
 
     def mixed(r: dict[str, EvalResult]) -> float:
         tokens = sum(x.answer_tokens for x in r.values())
@@ -136,7 +162,11 @@ def main() -> None:
     print()
     print(f"held-out NLL per answer token (nats; lower is better), {a.eval_rows} conversations per domain")
     print(f"{'model':<28}{'math':>9}{'code':>9}{'mixed':>9}   served by")
-    label = {MODEL: "base (gateway)", "math": "math expert", "code": "code expert", "auto": 'model="auto"'}
+    label = {
+        MODEL: "base (gateway)",
+        **{n: f"{n} (expert)" for n in EXPERTS.values()},
+        "auto": 'model="auto"',
+    }
     print(
         f"{'base (local, transformers)':<28}"
         + "".join(f"{local_base[d].nll:>9.4f}" for d in DOMAINS)
@@ -149,7 +179,8 @@ def main() -> None:
                 served[k] = served.get(k, 0) + v
         cells = "".join(f"{r[d].nll:>9.4f}" for d in DOMAINS)
         print(f"{label[model]:<28}{cells}{mixed(r):>9.4f}   {json.dumps(served)}")
-    print(f"\noutputs in {work}")
+    print(f"\n/route on the held-out questions, expert (rank rule): {json.dumps(rules)}")
+    print(f"outputs in {work}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ ratios the median of per-round ratios to the group's reference row. Groups:
   rank 8 on all projections, random non-zero weights, made here: it costs what a trained one costs).
 * ``nolora`` (not by default): forge default vs forge ``--no-lora``.
 * ``compiled`` (not by default): vLLM's server ``--enforce-eager`` vs its default (compiled).
+* ``float32`` (not by default): vLLM's server ``--dtype float32`` vs forge's default (float32 on CPU),
+  the serving path alone; ``vllm`` compares the defaults, bfloat16 (vLLM) vs float32 (forge) on CPU.
 
 Section ``transformers`` (in process, ``bench_vs_transformers.py``): the gateway's transformers
 engine vs plain ``transformers`` ``generate`` (static batches) and ``generate_batch``.
@@ -313,6 +315,21 @@ def groups(args: argparse.Namespace, work: Path) -> list[Group]:
                 args.lora_concurrency,
             )
         )
+    if "float32" in args.sections:
+        # forge's CPU default is float32 (vLLM's bfloat16 changed greedy answers: README, Engine
+        # defaults); the same dtype on both sides isolates the serving path from the dtype's cost.
+        vf = "vLLM server --dtype float32"
+        out.append(
+            Group(
+                "Both float32 (forge's CPU default; vLLM's server with --dtype float32)",
+                [
+                    Setup("vllm-fp32", [*vllm_compiled, "--dtype", "float32"], {vf: "base"}),
+                    Setup("forge-fp32", forge, {"forge (default)": "base"}),
+                ],
+                [Row(vf), Row("forge (default)", vf)],
+                levels,
+            )
+        )
     if "compiled" in args.sections:
         # vLLM's own CPU default is torch.compile (inductor) unless LoRA is on or eager is asked.
         out.append(
@@ -383,7 +400,9 @@ def print_table(title: str, rows: list[Row], levels: list[int]) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=os.environ.get("FORGE_BENCH_MODEL"), help="model folder (Llama-like)")
-    p.add_argument("--sections", default="vllm,unused,lora,transformers", help="also: nolora, compiled")
+    p.add_argument(
+        "--sections", default="vllm,unused,lora,transformers", help="also: nolora, compiled, float32"
+    )
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--requests", type=int, default=48, help="requests per level (8 and 32 streams)")
     p.add_argument("--single-requests", type=int, default=8, help="requests at one stream")

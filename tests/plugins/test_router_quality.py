@@ -1,7 +1,7 @@
 """Routing quality on a CI budget: the shipped model on the hand-written sets, and
 leave-one-source-out on a few folds. The full run is ``tests/performance/bench_router.py``.
 
-The floors sit below the measured figures (README, *Routing quality*) by a margin for noise; they
+The floors sit below the measured figures (docs/benchmarks.md, *Routing quality*) by a margin for noise; they
 catch a broken model or recipe, not a point of F1.
 """
 

@@ -31,7 +31,9 @@ async def port(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     upstream = Upstream()
     await upstream.start()
     registry = tmp / "experts.json"
-    ExpertRegistry(registry).register(ExpertModel(name="ledger", endpoint=upstream.url, keywords=["账本"]))
+    ExpertRegistry(registry).register(
+        ExpertModel(name="ledger", endpoint=upstream.url, specialization="bookkeeping", keywords=["账本"])
+    )
     overrides = {"registry": str(registry), "auth": {"db_path": str(tmp / "keys.db")}}
     try:
         async with serve_app(tiny_model_dir, overrides) as (_, port, _):
@@ -41,7 +43,7 @@ async def port(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
 
 
 async def test_unicode_keyword_routes_with_an_encoded_reason(port: int) -> None:
-    expert = json.dumps({"name": "points", "keywords": ["积分"]}).encode()
+    expert = json.dumps({"name": "points", "specialization": "loyalty", "keywords": ["积分"]}).encode()
     assert (await raw_request(port, "POST", "/admin/experts", body=expert, headers=JSON)).status == 201
     for name, keyword, path, extra in [
         ("points", "积分", "/v1/chat/completions", {}),

@@ -73,8 +73,9 @@ class BaseTrainingConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """LoRA settings (used when ``use_lora``)."""
     save_steps: Annotated[int, Meta(ge=1)] = 100
     """Save a resumable checkpoint every N steps."""
-    logging_steps: Annotated[int, Meta(ge=1)] = 10
-    """Log metrics every N steps."""
+    logging_steps: Annotated[int, Meta(ge=1)] | None = None
+    """Log metrics every N steps (None: about 20 points a run, every ``ceil(steps / 20)``, so a
+    16-step run logs every step and ``loss.png`` shows a curve; plus the first step)."""
     resume: bool = False
     """Continue from the latest checkpoint in ``output_dir``."""
     register: str | None = None
@@ -116,6 +117,12 @@ class SFTConfig(_MethodConfig, kw_only=True):
     assistant_only_loss: bool = True
     """Learn from the assistant turns only (prompt, system and user tokens get label -100), on
     any chat template; False: every token of the rendered conversation."""
+    eval_dataset_path: str | None = None
+    """Held-out chat data (same formats as ``dataset_path``) scored during training: its loss is
+    logged as ``eval_loss`` and drawn beside the training loss in ``loss.png``."""
+    eval_steps: Annotated[int, Meta(ge=1)] | None = None
+    """Score ``eval_dataset_path`` every N steps (None: about 10 times a run, every
+    ``ceil(steps / 10)``, and at the last step)."""
 
 
 class PretrainConfig(_MethodConfig, kw_only=True):

@@ -436,7 +436,9 @@ class DistillCommand(TrainingMethod):
         parser.add_argument("--full", action="store_true", help="train all student weights instead of LoRA")
         parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank")
         parser.add_argument("--lora-alpha", type=int, default=16, help="LoRA alpha")
-        parser.add_argument("--logging-steps", type=int, default=10, help="log every N steps")
+        parser.add_argument(
+            "--logging-steps", type=int, default=None, help="log every N steps (default: ceil(steps / 20))"
+        )
         parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
         parser.add_argument(
             "--register", default=None, help="add the result to the expert registry under NAME"

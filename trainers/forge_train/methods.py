@@ -134,7 +134,14 @@ _COMMON: list[_Flag] = [
         "N",
         group="checkpoints",
     ),
-    _Flag("--logging-steps", "logging_steps", "log metrics every N steps", int, "N", group="checkpoints"),
+    _Flag(
+        "--logging-steps",
+        "logging_steps",
+        "log metrics every N steps (default: ceil(steps / 20), about 20 points a run)",
+        int,
+        "N",
+        group="checkpoints",
+    ),
     _Flag(
         "--resume",
         "resume",
@@ -292,6 +299,21 @@ class SFTMethod(_CoreMethod):
             "learn from assistant turns only, on any chat template (--no-assistant-only-loss: every token)",
             action=argparse.BooleanOptionalAction,
             group="method",
+        ),
+        _Flag(
+            "--eval-dataset",
+            "eval_dataset_path",
+            "held-out chat data scored during training (eval_loss, drawn in loss.png)",
+            metavar="PATH|ID",
+            group="model and data",
+        ),
+        _Flag(
+            "--eval-steps",
+            "eval_steps",
+            "score --eval-dataset every N steps (default: ceil(steps / 10), and at the end)",
+            int,
+            "N",
+            group="model and data",
         ),
     ]
 

@@ -33,6 +33,7 @@ __all__ = [
     "learning_rate",
     "lora_config",
     "model_source",
+    "plot_loss",
     "registry_path",
     "run_training",
 ]
@@ -171,7 +172,8 @@ def common_training_args(cfg: BaseTrainingConfig, batch_size: int, grad_accum: i
         "data_seed": cfg.seed,
         "save_strategy": "steps",
         "save_steps": cfg.save_steps,
-        "logging_steps": cfg.logging_steps,
+        # A fraction below 1 is transformers' "share of the total steps" (rounded up).
+        "logging_steps": cfg.logging_steps or LOG_EVERY_SHARE,
         "logging_first_step": True,
         "report_to": "none",
         "use_cpu": not cuda,
@@ -189,6 +191,10 @@ def common_training_args(cfg: BaseTrainingConfig, batch_size: int, grad_accum: i
     return args
 
 
+LOG_EVERY_SHARE = 0.05
+"""Default logging interval as a share of the run's steps: about 20 points on any run length."""
+EVAL_EVERY_SHARE = 0.1
+"""Default evaluation interval as a share of the run's steps: about 10 scores of the eval set."""
 LORA_LEARNING_RATE = 2e-4
 """Default peak learning rate of a LoRA adapter (SDD §5.2)."""
 FULL_LEARNING_RATE = 2e-5
@@ -356,9 +362,12 @@ def _write_outputs(
 ) -> None:
     output = Path(cfg.output_dir)
     losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in trainer.state.log_history if "eval_loss" in h]
     final = dict(metrics)
     if losses:
         final["final_loss"] = losses[-1][1]
+    if evals:
+        final["final_eval_loss"] = evals[-1][1]
     manifest = {
         "method": method,
         "base_model": _resolved(cfg.model_name),
@@ -378,23 +387,44 @@ def _write_outputs(
         json.dumps(manifest, indent=2, default=str) + "\n", encoding="utf-8"
     )
     if losses:
-        _plot_loss(losses, output / "loss.png", f"forge-train {method}: {Path(cfg.model_name).name}")
+        title = f"forge-train {method}: {Path(cfg.model_name).name}"
+        plot_loss(losses, output / "loss.png", title, evals=evals)
     if cfg.register:
         _register(cfg, method, trainer.state.global_step)
 
 
-def _plot_loss(losses: list[tuple[int, float]], path: Path, title: str) -> None:
+def plot_loss(
+    losses: list[tuple[int, float]],
+    path: Path,
+    title: str,
+    *,
+    evals: list[tuple[int, float]] | None = None,
+) -> None:
+    """Draw the training loss per logged step, and the eval loss beside it when there is one.
+
+    Args:
+        losses: ``(step, training loss)`` pairs.
+        path: the PNG to write.
+        title: the figure's title.
+        evals: ``(step, eval loss)`` pairs (none: the training loss alone).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    ax.plot([s for s, _ in losses], [v for _, v in losses], marker="." if len(losses) < 60 else None)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=100)
+    marker = "." if len(losses) <= 60 else None
+    ax.plot([s for s, _ in losses], [v for _, v in losses], marker=marker, label="train loss")
+    if evals:
+        ax.plot([s for s, _ in evals], [v for _, v in evals], marker="o", label="eval loss")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("loss")
     ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -14,7 +14,14 @@ from forge_sdk.errors import ConfigurationError
 from forge_train.chat_labels import tokenize_chat_dataset
 from forge_train.config import BaseTrainingConfig, DPOConfig, ORPOConfig, PretrainConfig, SFTConfig
 from forge_train.data import load_dpo_dataset, load_pretrain_dataset, load_sft_dataset
-from forge_train.runner import common_training_args, load_model, load_tokenizer, lora_config, run_training
+from forge_train.runner import (
+    EVAL_EVERY_SHARE,
+    common_training_args,
+    load_model,
+    load_tokenizer,
+    lora_config,
+    run_training,
+)
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -49,18 +56,31 @@ def train_sft(
     """
     _need_dataset(config, dataset)
     data = dataset if dataset is not None else load_sft_dataset(config.dataset_path, limit=_limit(config))
+    held = load_sft_dataset(config.eval_dataset_path) if config.eval_dataset_path else None
     tokenizer = load_tokenizer(config.model_name)
     if config.assistant_only_loss and "messages" in data.column_names:
         # Labels from the model's own template, prefix by prefix: TRL's assistant_only_loss would
         # need {% generation %} markers that real templates lack (see forge_train.chat_labels).
         data = tokenize_chat_dataset(data, tokenizer)
+    if held is not None and config.assistant_only_loss and "messages" in held.column_names:
+        held = tokenize_chat_dataset(held, tokenizer)  # scored exactly as the training data is
+    extra: dict[str, Any] = {}
+    if held is not None:
+        # A fraction below 1 is transformers' "share of the total steps"; it also evaluates at
+        # the last step when that is off the interval.
+        extra = {
+            "eval_strategy": "steps",
+            "eval_steps": config.eval_steps or EVAL_EVERY_SHARE,
+            "per_device_eval_batch_size": config.batch_size,
+        }
 
     def factory(batch: int, accum: int, cbs: list[Any]) -> Any:
         from trl import SFTConfig as TRLSFTConfig
         from trl import SFTTrainer
 
-        args = TRLSFTConfig(**common_training_args(config, batch, accum), packing=config.packing)
-        return _build_trainer(SFTTrainer, config, args, data, tokenizer, cbs)
+        args = TRLSFTConfig(**common_training_args(config, batch, accum), packing=config.packing, **extra)
+        kwargs = {"eval_dataset": held} if held is not None else {}
+        return _build_trainer(SFTTrainer, config, args, data, tokenizer, cbs, **kwargs)
 
     return run_training(config, "sft", factory, callbacks=callbacks)
 

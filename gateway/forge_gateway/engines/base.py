@@ -153,6 +153,11 @@ class Engine(abc.ABC):
         """Whether requests may carry a :class:`LoraSpec`."""
         return False
 
+    def settings(self) -> dict[str, Any]:
+        """What the engine runs after start: ``engine``, and where known ``dtype``, ``compiled``
+        and ``lora`` (logged at start, printed by ``forge-gateway check``)."""
+        return {"engine": self.name}
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Load the model (off the event loop) and get ready to serve."""

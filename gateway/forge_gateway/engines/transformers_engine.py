@@ -35,7 +35,7 @@ from forge_sdk.errors import (
 
 __all__ = ["TransformersEngine"]
 
-log = structlog.get_logger("forge_gateway.engines")
+log = structlog.get_logger("forge_gateway")
 
 _DTYPES = {
     "float32": "float32",
@@ -109,6 +109,13 @@ class TransformersEngine(HFTokenizerEngine):
         """Forward passes (prefill or decode) run since start."""
         return self._batch.steps if self._batch is not None else 0
 
+    def settings(self) -> dict[str, Any]:
+        """Engine, weights dtype (after start), eager (PyTorch without compilation), LoRA on or off."""
+        out: dict[str, Any] = {"engine": self.name, "compiled": False, "lora": self._enable_lora}
+        if self._batch is not None:
+            out["dtype"] = str(next(self._batch.model.parameters()).dtype).removeprefix("torch.")
+        return out
+
     async def start(self) -> None:
         """Load tokenizer and model off the event loop and start the worker thread.
 
@@ -124,6 +131,7 @@ class TransformersEngine(HFTokenizerEngine):
             target=self._run, name=f"forge-tf-engine-{self.model_path}", daemon=True
         )
         self._thread.start()
+        log.info("engine_settings", **self.settings(), device=str(self._batch.device))
         # The constraint compiler's process imports xgrammar (and torch) once, a few seconds: start
         # it now, in the background, rather than on the first constrained request.
         threading.Thread(target=self._warm_grammars, name="forge-grammar-warm", daemon=True).start()

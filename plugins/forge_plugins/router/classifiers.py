@@ -15,6 +15,7 @@ from typing import Any
 from forge_plugins.router.combined import Router, load_router
 from forge_sdk import Classification, Classifier, ExpertModel
 from forge_sdk.errors import ConfigurationError
+from forge_sdk.experts import rank_experts
 
 __all__ = ["HybridClassifier", "KeywordClassifier", "NeuralClassifier", "load_router"]
 
@@ -62,10 +63,10 @@ class KeywordClassifier(Classifier):
         """Replace the experts and recompile the keyword pattern."""
         super().update_experts(experts)
         owners: dict[str, str] = {}
-        # A keyword several experts claim goes to the highest priority (an installed mathexpert
-        # takes "integral" from the built-in math), then to the one registered first.
-        ranked = sorted(self.experts.values(), key=lambda e: -getattr(e, "priority", 0))
-        for expert in ranked:
+        # A keyword several experts claim goes to the best ranked (forge_sdk.experts.best_expert's
+        # order: a trained expert, then the highest priority, as an installed mathexpert takes
+        # "integral" from the built-in math, then the most recently registered).
+        for expert in rank_experts(self.experts.values()):
             for keyword in expert.keywords:
                 folded = " ".join(keyword.casefold().split())
                 if folded:
@@ -93,17 +94,19 @@ class KeywordClassifier(Classifier):
         return found
 
     def classify_with_confidence(self, query: str) -> Classification:
-        """Pick the expert with most keyword hits (earliest hit breaks ties)."""
+        """Pick the expert with most keyword hits (earliest hit breaks ties); a base-model alias
+        gives way to a trained expert of its specialization (:meth:`Classifier.settle`)."""
         found = self.matches(query)
         if not found:
             return Classification(self.default_expert, self.NO_MATCH, "default:no-keyword")
         total = sum(len(hits) for hits in found.values())
         expert = max(found, key=lambda name: len(found[name]))  # dicts keep first-hit order on ties
         share = len(found[expert]) / total
+        name, rank = self.settle(expert)
         if len(found) == 1:
-            return Classification(expert, self.UNAMBIGUOUS, f"keyword:{found[expert][0]}")
+            return Classification(name, self.UNAMBIGUOUS, f"keyword:{found[expert][0]}", rank)
         others = ",".join(sorted(found))
-        return Classification(expert, round(self.UNAMBIGUOUS * share, 4), f"keyword-ambiguous:{others}")
+        return Classification(name, round(self.UNAMBIGUOUS * share, 4), f"keyword-ambiguous:{others}", rank)
 
 
 def _probability(name: str, options: dict[str, Any], key: str, default: float) -> float:
@@ -147,7 +150,8 @@ class NeuralClassifier(Classifier):
             return Classification(
                 self.default_expert, round(prob, 4), f"abstain:{label}:{prob:.2f}<{self.threshold:.2f}"
             )
-        return Classification(self.expert_for_label(label), round(prob, 4), f"{how}:{label}:{prob:.2f}")
+        name, rank = self.choose_for_label(label)
+        return Classification(name, round(prob, 4), f"{how}:{label}:{prob:.2f}", rank)
 
     def classify_with_confidence(self, query: str) -> Classification:
         """Map the predicted label to an expert; confidence is the label's calibrated probability."""
@@ -202,9 +206,10 @@ class HybridClassifier(NeuralClassifier):
         how = "neural"
         if len(found) == 1:
             expert = next(iter(found))
-            boosted = [
-                i for i, label in enumerate(self.model.labels) if self.expert_for_label(label) == expert
-            ]
+            # The keywords point at the owner's specialization (which expert then serves it is
+            # the ranking's call, in decide()).
+            spec = self.experts[expert].specialization
+            boosted = [i for i, label in enumerate(self.model.labels) if label == spec]
             if boosted:
                 probs = probs.copy()
                 probs[boosted] *= self.prior
