@@ -26,7 +26,7 @@ import structlog
 
 from forge_gateway.generation import check_request_limits
 from forge_gateway.oai.decoding import query_text, request_decoder
-from forge_gateway.routing import RESOLVED_TARGET, Target
+from forge_gateway.routing import RESOLVED_TARGET, Target, route_header_pairs
 from forge_gateway.security.context import caller_allow_list
 from forge_gateway.security.policy import POLICY_SCOPE_KEY
 from forge_gateway.state import Gateway
@@ -61,13 +61,7 @@ _usage_decoder = msgspec.json.Decoder(_WithUsage)
 
 
 def _headers(target: Target, content_type: bytes, stream: bool) -> list[tuple[bytes, bytes]]:
-    headers = [
-        (b"content-type", content_type),
-        (b"x-forge-expert", target.expert_name.encode()),
-        (b"x-forge-route-reason", target.reason.encode()),
-    ]
-    if target.confidence is not None:
-        headers.append((b"x-forge-route-confidence", b"%.3f" % target.confidence))
+    headers = [(b"content-type", content_type), *route_header_pairs(target)]
     if stream:
         headers.append((b"cache-control", b"no-cache"))
     return headers
@@ -288,10 +282,7 @@ def _relabel(send: Any, target: Target) -> Callable[[Any], Awaitable[None]]:
                 for name, value in message.get("headers", ())
                 if name not in (b"x-forge-expert", b"x-forge-route-reason", b"x-forge-route-confidence")
             ]
-            headers += [
-                (b"x-forge-expert", target.expert_name.encode()),
-                (b"x-forge-route-reason", target.reason.encode()),
-            ]
+            headers += route_header_pairs(target)
             message = {**message, "headers": headers}
         await send(message)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
 import anyio
 import structlog
@@ -31,6 +32,8 @@ __all__ = [
     "ExpertCatalog",
     "LoraState",
     "Target",
+    "header_value",
+    "route_header_pairs",
     "route_headers",
 ]
 
@@ -61,12 +64,40 @@ class Target:
         return self.expert.name if self.expert else self.model
 
 
+# What may stand in a header value as it is: visible ASCII and space, except "%" (the escape).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+_HEADER_MAX = 256
+"""Longest header value built from data (a classifier's reason could be any length)."""
+
+
+def header_value(text: str) -> str:
+    """``text`` as a safe header value: anything outside visible ASCII percent-encoded as UTF-8.
+
+    Route reasons carry classifier output built from expert keywords (``keyword:积分``) and plugin
+    text; a raw non-Latin-1 character made the server fail (500) and a control character made it
+    drop the connection, and CR/LF would split the header. Percent-encoding keeps every value
+    Latin-1 (ASCII even) and readable back with ``urllib.parse.unquote``.
+    """
+    encoded = quote(text.strip(), safe=_HEADER_SAFE)[:_HEADER_MAX]
+    if "%" in encoded[-2:]:  # never end in half an escape
+        encoded = encoded[: encoded.rindex("%")]
+    return encoded
+
+
 def route_headers(target: Target) -> dict[str, str]:
-    """Response headers that say which expert served a request and why."""
-    headers = {"x-forge-expert": target.expert_name, "x-forge-route-reason": target.reason}
+    """Response headers that say which expert served a request and why (safe values: ``header_value``)."""
+    headers = {
+        "x-forge-expert": header_value(target.expert_name),
+        "x-forge-route-reason": header_value(target.reason),
+    }
     if target.confidence is not None:
         headers["x-forge-route-confidence"] = f"{target.confidence:.3f}"
     return headers
+
+
+def route_header_pairs(target: Target) -> list[tuple[bytes, bytes]]:
+    """:func:`route_headers` as raw ASGI header pairs."""
+    return [(name.encode(), value.encode("latin-1")) for name, value in route_headers(target).items()]
 
 
 LORA_OFF = (
