@@ -17,4 +17,9 @@ rm -rf "$site_dir"
 # file order at the end, see tests/conftest.py); replay an order with FORGE_TEST_SEED=N.
 seed=${FORGE_TEST_SEED:-$RANDOM}
 echo "test order seed: $seed (replay: FORGE_TEST_SEED=$seed bash scripts/test.sh)"
-python -m pytest -q -p randomly --randomly-seed="$seed" --durations=20 "$@"
+# Two workers (pytest-xdist; FORGE_TEST_WORKERS=N to change, 0 for none), each test file on one
+# worker so its module fixtures (gateways, engines) start once.
+workers=${FORGE_TEST_WORKERS:-2}
+parallel=()
+if [ "$workers" != 0 ]; then parallel=(-n "$workers" --dist loadfile); fi
+python -m pytest -q -p randomly --randomly-seed="$seed" "${parallel[@]}" --durations=20 "$@"

@@ -71,7 +71,7 @@ def _engine_arguments(p: argparse.ArgumentParser) -> None:
         "--enable-lora",
         action="store_true",
         default=None,
-        help="serve LoRA adapter experts, registered at start or later (default: only when adapters exist at start)",
+        help="LoRA on from the start (default: on once an adapter expert is registered, at start or later)",
     )
     lora.add_argument("--no-lora", action="store_true", default=None, help="disable LoRA adapter experts")
     p.add_argument(

@@ -42,10 +42,12 @@ class EngineConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     max_model_len: Positive | None = None
     """Context length (default: the model's own, capped at 4096 for vLLM)."""
     enable_lora: bool | Literal["auto"] = "auto"
-    """Serve LoRA adapter experts on the base model. ``auto``: only when adapter experts are
-    registered at start (registry file or plugins), so a gateway without adapters runs at the
-    speed of a plain engine (vLLM's CPU build cannot compile a LoRA model); adapters registered
-    later then need a restart. ``true``: always, so adapters can be registered while it runs."""
+    """Serve LoRA adapter experts on the base model. ``auto``: vLLM on CPU gets LoRA once adapter
+    experts exist (registry file or plugins), so a gateway without adapters runs at the speed of a
+    plain engine (vLLM's CPU build cannot compile a LoRA model); the first adapter registered while
+    it runs swaps in a LoRA engine in the background (requests for it wait; the rest are served
+    throughout). vLLM on GPU and the transformers engine have LoRA on from the start (it costs
+    them little). ``true``: LoRA from the start. ``false`` (``--no-lora``): adapters are not served."""
     max_loras: Positive = 4
     """Adapters resident at once in one batch (vLLM ``max_loras``)."""
     max_lora_rank: Positive = 16
@@ -160,8 +162,10 @@ class ApiConfig(Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
-    """API keys (``forge-gateway keys ...``). With no active key the gateway is open (dev mode)
-    on a loopback host; on any other host it refuses to start unless ``allow_open``."""
+    """API keys (``forge-gateway keys ...``). With no active key *at start-up* the gateway is open
+    (dev mode) on a loopback host; on any other host it refuses to start unless ``allow_open``.
+    Open mode is decided at start-up only: once any key exists it ends, and revoking the last key
+    never reopens a running gateway (restart it to serve openly again)."""
 
     db_path: str = "forge-gateway.db"
     """SQLite file holding hashed keys and the usage ledger (shared by replicas on one host)."""
@@ -183,8 +187,13 @@ class AuthConfig(Struct, forbid_unknown_fields=True, kw_only=True):
     """Serve ``/metrics`` without a key (default: it needs an admin key, as Prometheus bearer auth)."""
     refresh_interval: Annotated[float, Meta(gt=0)] = 1.0
     """Seconds between checks for keys created/revoked by other processes (revocation delay)."""
-    usage_flush_interval: Annotated[float, Meta(gt=0)] = 2.0
-    """Seconds between batched writes of the usage ledger (all pending usage is written at shutdown)."""
+    usage_flush_interval: Annotated[float, Meta(gt=0)] = 1.0
+    """Seconds between batched writes of the usage ledger (all pending usage is written at shutdown).
+    A crash that skips shutdown (SIGKILL, power loss) loses at most this long's usage, or
+    ``usage_flush_max_requests`` requests' if fewer (see ``security/ledger.py``)."""
+    usage_flush_max_requests: Annotated[int, Meta(ge=1)] = 500
+    """Write the usage ledger early once this many requests' usage is waiting: bounds what a crash
+    loses under heavy traffic too."""
 
 
 class RateLimitConfig(Struct, forbid_unknown_fields=True, kw_only=True):

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import structlog
 
-from forge_gateway.config import GatewayConfig
+from forge_gateway.config import EngineConfig, GatewayConfig
 from forge_gateway.engines.base import Engine
 from forge_gateway.engines.vllm_parallel import vllm_parallel_options
 from forge_gateway.model_source import checkpoint_quantization
@@ -41,6 +41,7 @@ __all__ = [
     "checkpoint_quantization",
     "engine_options",
     "engine_quantization",
+    "lora_at_start",
     "standalone_factory",
 ]
 
@@ -80,6 +81,27 @@ def engine_quantization(expert: ExpertModel) -> str | None:
     return expert.quantization
 
 
+def lora_at_start(engine: EngineConfig, *, adapters: bool) -> bool:
+    """Whether the base engine starts with LoRA on (``[engine] enable_lora``; ``auto`` below).
+
+    ``auto``: on when adapter experts are registered at start, and always on the transformers
+    engine and on vLLM off CPU; otherwise off until the first adapter (:class:`LoraSwitch`).
+    """
+    if engine.enable_lora != "auto":
+        return engine.enable_lora
+    if adapters:
+        return True
+    from forge_gateway.engines import vllm_available
+
+    if engine.kind == "transformers" or (engine.kind == "auto" and not vllm_available()):
+        return True  # LoRA costs the transformers engine nothing until an adapter loads
+    if not vllm_available():
+        return False  # kind "vllm" without vllm: create_engine says so in one line
+    from vllm.platforms import current_platform
+
+    return not current_platform.is_cpu()
+
+
 def engine_options(
     config: GatewayConfig,
     *,
@@ -91,7 +113,8 @@ def engine_options(
 
     Args:
         config: the gateway config.
-        adapters: adapter experts are registered (``enable_lora = "auto"`` turns LoRA on then).
+        adapters: adapter experts are registered (``enable_lora = "auto"`` turns vLLM's LoRA on
+            then; later ones swap in a LoRA engine at runtime, :mod:`forge_gateway.lora_switch`).
         expert: a standalone expert: its checkpoint, without LoRA, with the standalone share of
             GPU memory and its own quantization (None: the base model's engine).
         kind: the engine kind (default ``[engine] kind``; a standalone expert's is the base's).
@@ -108,7 +131,7 @@ def engine_options(
         path = config.model
         quantization = e.quantization
         gpu_memory_utilization = e.gpu_memory_utilization
-        lora = adapters if e.enable_lora == "auto" else e.enable_lora
+        lora = lora_at_start(e, adapters=adapters)
     else:
         path = str(Path(str(expert.model_path)).expanduser())
         quantization = engine_quantization(expert)

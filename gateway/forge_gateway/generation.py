@@ -163,6 +163,8 @@ async def plan_generation(
     )
     if options:
         sampling = dataclasses.replace(sampling, **options)
+    if sampling.min_tokens > sampling.max_tokens:
+        raise InvalidRequestError("min_tokens must not exceed max_tokens", param="min_tokens")
     return GenerationPlan(request_id or f"{id_prefix}-{uuid.uuid4().hex}", ids, sampling, n, lora)
 
 

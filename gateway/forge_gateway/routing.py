@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import quote
 
 import anyio
 import structlog
@@ -23,7 +25,16 @@ from forge_sdk.classifiers import Classifier
 from forge_sdk.errors import ConfigurationError, ExpertUnavailableError, ModelNotFoundError
 from forge_sdk.experts import ExpertModel, ExpertRegistry, stamped
 
-__all__ = ["AUTO", "LORA_OFF", "ExpertCatalog", "Target", "route_headers"]
+__all__ = [
+    "AUTO",
+    "LORA_OFF",
+    "ExpertCatalog",
+    "LoraState",
+    "Target",
+    "header_value",
+    "route_header_pairs",
+    "route_headers",
+]
 
 AUTO = "auto"
 log = structlog.get_logger("forge_gateway.routing")
@@ -50,20 +61,53 @@ class Target:
         return self.expert.name if self.expert else self.model
 
 
+# What may stand in a header value as it is: visible ASCII and space, except "%" (the escape).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+_HEADER_MAX = 256
+"""Longest header value built from data (a classifier's reason could be any length)."""
+
+
+def header_value(text: str) -> str:
+    """``text`` as a safe header value: anything outside visible ASCII percent-encoded as UTF-8.
+
+    Route reasons carry classifier output built from expert keywords (``keyword:积分``) and plugin
+    text; a raw non-Latin-1 character made the server fail (500) and a control character made it
+    drop the connection, and CR/LF would split the header. Percent-encoding keeps every value
+    Latin-1 (ASCII even) and readable back with ``urllib.parse.unquote``.
+    """
+    encoded = quote(text.strip(), safe=_HEADER_SAFE)[:_HEADER_MAX]
+    if "%" in encoded[-2:]:  # never end in half an escape
+        encoded = encoded[: encoded.rindex("%")]
+    return encoded
+
+
 def route_headers(target: Target) -> dict[str, str]:
-    """Response headers that say which expert served a request and why."""
-    headers = {"x-forge-expert": target.expert_name, "x-forge-route-reason": target.reason}
+    """Response headers that say which expert served a request and why (safe values: ``header_value``)."""
+    headers = {
+        "x-forge-expert": header_value(target.expert_name),
+        "x-forge-route-reason": header_value(target.reason),
+    }
     if target.confidence is not None:
         headers["x-forge-route-confidence"] = f"{target.confidence:.3f}"
     return headers
 
 
+def route_header_pairs(target: Target) -> list[tuple[bytes, bytes]]:
+    """:func:`route_headers` as raw ASGI header pairs."""
+    return [(name.encode(), value.encode("latin-1")) for name, value in route_headers(target).items()]
+
+
 LORA_OFF = (
-    'this gateway\'s engine runs without LoRA (engine.enable_lora "auto" turns it on only when adapter '
-    "experts are registered at start); restart the gateway, or start it with --enable-lora "
-    "(engine.enable_lora = true) to register adapters while it runs"
+    "this gateway runs without LoRA (--no-lora, engine.enable_lora = false); restart it without "
+    "--no-lora to serve adapter experts"
 )
 """Why an adapter expert cannot be served, and what to do (one place for the API's messages)."""
+
+LoraState = Literal["on", "off", "starting", "failed", "disabled"]
+"""Whether adapter experts can be served: ``on`` (the engine has LoRA); ``off`` (not yet: the first
+adapter expert registered starts a LoRA engine, ``enable_lora = "auto"``); ``starting`` (that engine
+is being built: requests for adapters wait for it); ``failed`` (that build failed); ``disabled``
+(``--no-lora``, or an engine that cannot serve adapters)."""
 
 
 class ExpertCatalog:
@@ -73,7 +117,8 @@ class ExpertCatalog:
         base_model_name: the name the base model is served under.
         plugin_experts: experts registered by plugins.
         registry_path: registry JSON file to merge and watch (optional).
-        lora_enabled: whether adapter experts can be served (the engine supports LoRA).
+        lora_enabled: whether adapter experts can be served (the engine supports LoRA); the
+            gateway's :class:`~forge_gateway.lora_switch.LoraSwitch` moves ``lora_state`` on from there.
         standalone_enabled: whether standalone experts (``model_path``) can get their own engine.
     """
 
@@ -90,6 +135,9 @@ class ExpertCatalog:
         self.base_model_name = base_model_name
         self.default_expert = default_expert
         self.lora_enabled = lora_enabled
+        self.lora_state: LoraState = "on" if lora_enabled else "disabled"
+        self.lora_off_reason = LORA_OFF
+        """Why adapters are unservable while ``lora_state`` is ``disabled`` or ``failed``."""
         self.standalone_enabled = standalone_enabled
         self._plugin_experts = {e.name: e for e in plugin_experts}
         self.registry = ExpertRegistry(registry_path) if registry_path else None
@@ -216,7 +264,7 @@ class ExpertCatalog:
     def servable(self, expert: ExpertModel) -> bool:
         """Whether this gateway can serve the expert at all."""
         if expert.kind == "adapter":
-            return self.lora_enabled
+            return self.lora_state in ("on", "off", "starting")
         if expert.kind == "standalone":
             return self.standalone_enabled
         return expert.kind in ("base", "remote")
@@ -240,7 +288,11 @@ class ExpertCatalog:
         expert = self.experts.get(model)
         if expert is not None:
             if not self.servable(expert):
-                why = LORA_OFF if expert.kind == "adapter" else "standalone experts need a model engine"
+                why = (
+                    self.lora_off_reason
+                    if expert.kind == "adapter"
+                    else "standalone experts need a model engine"
+                )
                 raise ModelNotFoundError(
                     f"expert {model!r} is registered but cannot be served here: {why}", param="model"
                 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar
 
 import pluggy
@@ -13,6 +13,7 @@ import structlog
 from forge_gateway.config import GatewayConfig
 from forge_gateway.engine_pool import STANDALONE_KINDS, EnginePool, standalone_factory
 from forge_gateway.engines.base import Engine, LoraSpec
+from forge_gateway.lora_switch import LoraSwitch, lora_engine_factory
 from forge_gateway.routing import ExpertCatalog, Target
 from forge_gateway.upstream.pool import UpstreamPool
 from forge_sdk.classifiers import Classifier
@@ -40,8 +41,8 @@ def _plugin_experts(pm: pluggy.PluginManager) -> list[ExpertModel]:
 
 
 def adapter_experts(config: GatewayConfig, pm: pluggy.PluginManager) -> list[str]:
-    """The adapter experts registered now (plugins and registry file): what decides
-    ``[engine] enable_lora = "auto"`` at start."""
+    """The adapter experts registered now (plugins and registry file): whether
+    ``[engine] enable_lora = "auto"`` starts vLLM with LoRA."""
     catalog = ExpertCatalog(config.model_name, _plugin_experts(pm), config.registry, lora_enabled=False)
     return sorted(name for name, expert in catalog.experts.items() if expert.kind == "adapter")
 
@@ -102,6 +103,8 @@ class Gateway:
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._loaded_loras: set[int] = set()
+        # enable_lora "auto" on vLLM: the first adapter expert registered swaps in a LoRA engine.
+        self.lora = LoraSwitch(self, lora_engine_factory(self))
         self.catalog.on_change.append(self._on_experts_changed)
 
     def _build_classifier(self) -> Classifier | None:
@@ -127,6 +130,7 @@ class Gateway:
         # Unload adapters that left or changed, so the engine frees them and a re-registered
         # name never serves stale weights (new folders get new ids in the catalog).
         if not self.engine.supports_lora:
+            self.lora.check()
             return
         for name in gone:
             if old[name].kind == "adapter":
@@ -150,6 +154,10 @@ class Gateway:
         task = loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def replace_loaded_loras(self, loaded: Collection[int]) -> None:
+        """The adapter ids loaded in a new engine that replaced the old one."""
+        self._loaded_loras = set(loaded)
 
     async def load_adapter(self, spec: LoraSpec) -> None:
         """Load an adapter into the engine (see :meth:`Engine.add_lora` for the errors)."""
@@ -198,6 +206,11 @@ class Gateway:
         Raises:
             EngineUnavailableError: the engine failed and no local fallback exists (503).
         """
+        if target.lora is not None and not self.engine.supports_lora:
+            # The LoRA engine is starting (enable_lora "auto"): wait for it, or fall back.
+            fallback = await self.lora.wait_for(target)
+            if fallback is not target:
+                return await self.acquire(fallback)
         expert = target.expert
         if expert is None or expert.kind != "standalone":
             return self.engine, target
@@ -235,6 +248,7 @@ class Gateway:
 
     async def start(self) -> None:
         await self.engine.start()
+        self.lora.check()  # adapters registered between the engine's build and now
         await self.upstreams.start()
         if self.config.engine.standalone_start == "startup":
             await self.standalone.start_all()
@@ -242,4 +256,5 @@ class Gateway:
     async def stop(self) -> None:
         await self.upstreams.stop()
         await self.standalone.stop_all()
+        await self.lora.stop()
         await self.engine.stop()

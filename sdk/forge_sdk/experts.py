@@ -52,6 +52,7 @@ __all__ = [
     "ExpertModel",
     "ExpertRegistry",
     "best_expert",
+    "check_keywords",
     "create_default_registry",
     "rank_experts",
     "stamped",
@@ -60,6 +61,28 @@ __all__ = [
 # \A...\Z, not ^...$: "$" also matches before a trailing newline, which would let "x\n" through
 # into response headers (x-forge-expert).
 _NAME = Annotated[str, Meta(pattern=r"\A[A-Za-z0-9][A-Za-z0-9._\-]{0,63}\Z")]
+# A keyword is matched against queries and shows up in the route reason header: printable text
+# only (no C0/C1 control characters, no line breaks), not blank, of a sane length.
+_KEYWORD_BAD = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+MAX_KEYWORD_CHARS = 64
+"""Longest keyword."""
+MAX_KEYWORDS = 512
+"""Most keywords one expert may list."""
+
+
+def check_keywords(keywords: list[str]) -> None:
+    """Refuse routing keywords that could not safely be matched or shown in a header.
+
+    Raises:
+        ValueError: more than 512, or one blank, longer than 64 characters, or with a control character.
+    """
+    if len(keywords) > MAX_KEYWORDS:
+        raise ValueError(f"at most {MAX_KEYWORDS} keywords, got {len(keywords)}")
+    for keyword in keywords:
+        if not isinstance(keyword, str) or not keyword.strip() or len(keyword) > MAX_KEYWORD_CHARS:
+            raise ValueError(f"keyword {keyword!r} must be 1 to {MAX_KEYWORD_CHARS} characters, not blank")
+        if _KEYWORD_BAD.search(keyword):
+            raise ValueError(f"keyword {keyword!r} holds a control character")
 
 
 class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
@@ -92,7 +115,8 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
     specialization: str = "general"
     """Domain label (``code``, ``math``, ...) that classifiers predict."""
     keywords: list[str] = field(default_factory=list)
-    """Whole words that point a query at this expert (keyword classifier)."""
+    """Whole words that point a query at this expert (keyword classifier): at most 512, each 1 to 64
+    characters of printable text (any script; no control characters or line breaks)."""
     trained_on: str | None = None
     """Dataset the expert was trained on."""
     training_steps: int | None = None
@@ -112,6 +136,9 @@ class ExpertModel(Struct, forbid_unknown_fields=True, kw_only=True, omit_default
     def __post_init__(self) -> None:
         if self.endpoints and not self.endpoint:
             raise ValueError("endpoints lists extra replicas: give the first one as endpoint")
+        # Here, not in a Meta: __post_init__ also runs for experts built in code (plugins,
+        # forge-train --register), which msgspec constraints would not check.
+        check_keywords(self.keywords)
 
     @property
     def replicas(self) -> list[str]:

@@ -143,7 +143,7 @@ class GenerateRequest(Struct, forbid_unknown_fields=True, kw_only=True):
     """Plain prompt; one of ``prompt`` or ``messages`` is required."""
     messages: list[ChatMessage] | None = None
     """Chat messages."""
-    max_tokens: Annotated[int, Meta(ge=1)] = 512
+    max_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] = 512
     """Most tokens to generate."""
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] = 0.7
     """Sampling temperature."""

@@ -64,8 +64,8 @@ def vllm_gateway(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     log = root / "gateway.log"
     env = {"FORGE_ENGINE_DTYPE": "float32", "FORGE_AUTH_DB_PATH": str(root / "auth.db")}
     args = ["--model", str(tiny_model_dir), "--served-model-name", "tiny", "--engine", "vllm"]
-    # --enable-lora: adapters are registered while it runs (the default only turns LoRA on for
-    # adapters registered at start).
-    args += ["--max-model-len", "512", "--registry", str(registry), "--enable-lora"]
+    # No --enable-lora: the first adapter registered while it runs swaps in a LoRA engine (the
+    # default, enable_lora "auto"), which test_train_register_serve goes through.
+    args += ["--max-model-len", "512", "--registry", str(registry)]
     with GatewayProcess(args, env=env, log_path=log) as process:
         yield ServedGateway(process, registry, log)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from forge_gateway.app import engine_options
 from forge_gateway.config import load_config
+from forge_gateway.engine_pool import engine_options
 from forge_gateway.engines import create_engine, vllm_available
 from forge_gateway.engines.vllm_parallel import check_parallelism, vllm_parallel_options
 from forge_sdk.errors import ConfigurationError

@@ -1,4 +1,5 @@
-"""``[engine] enable_lora`` ("auto" follows the adapters registered at start), ``enforce_eager`` and ``dtype``."""
+"""``[engine] enable_lora`` ("auto": vLLM gets LoRA with the first adapter expert, at start or later;
+the transformers engine always), ``enforce_eager`` and ``dtype``."""
 
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ def _adapter(root: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("setting", "with_adapter", "lora"),
-    [("auto", False, False), ("auto", True, True), (True, False, True), (False, True, False)],
+    [("auto", False, True), ("auto", True, True), (True, False, True), (False, True, False)],
 )
-def test_lora_follows_the_adapters_registered_at_start(
+def test_transformers_engine_has_lora_unless_disabled(
     tiny_model_dir: Path, tmp_path: Path, setting: object, with_adapter: bool, lora: bool
 ) -> None:
     registry = tmp_path / "experts.json"
@@ -46,16 +47,46 @@ def test_lora_follows_the_adapters_registered_at_start(
             "engine": {"kind": "transformers", "enable_lora": setting},
         },
     )
-    # The engine is built, not started: nothing loads.
+    # The engine is built, not started: nothing loads. "auto" turns LoRA on for transformers
+    # always (free until an adapter loads: nothing to swap later, see forge_gateway.lora_switch).
     app = create_app(config, pm=get_plugin_manager(load_entrypoints=False))
     gateway = app.state.gateway
     assert gateway.engine.supports_lora is lora and gateway.catalog.lora_enabled is lora
+    assert gateway.catalog.lora_state == ("on" if lora else "disabled")
     if with_adapter and not lora:
-        with pytest.raises(ModelNotFoundError, match="--enable-lora"):
+        with pytest.raises(ModelNotFoundError, match="--no-lora"):
             gateway.catalog.resolve("coder", lambda: "")
 
 
-def test_an_adapter_registered_after_an_auto_start_says_how_to_serve_it(tmp_path: Path) -> None:
+@pytest.mark.vllm
+@pytest.mark.parametrize(
+    ("setting", "with_adapter", "state"),
+    [("auto", False, "off"), ("auto", True, "on"), (False, True, "disabled"), (True, False, "on")],
+)
+def test_vllm_auto_starts_without_lora_until_an_adapter_exists(
+    tiny_model_dir: Path, tmp_path: Path, setting: object, with_adapter: bool, state: str
+) -> None:
+    """ "auto" without adapters: LoRA off ("off": the first one registered swaps in a LoRA engine);
+    ``--no-lora`` never turns it on ("disabled")."""
+    pytest.importorskip("vllm")
+    registry = tmp_path / "experts.json"
+    if with_adapter:
+        ExpertRegistry(registry).register(ExpertModel(name="coder", adapter_path=str(_adapter(tmp_path))))
+    config = load_config(
+        environ={},
+        overrides={
+            "model": str(tiny_model_dir),
+            "registry": str(registry),
+            "engine": {"kind": "vllm", "enable_lora": setting},
+        },
+    )
+    app = create_app(config, pm=get_plugin_manager(load_entrypoints=False))  # built, not started
+    gateway = app.state.gateway
+    assert gateway.engine.supports_lora is (state == "on") and gateway.catalog.lora_state == state
+    assert gateway.lora.status() == {"state": state}
+
+
+def test_a_gateway_without_lora_says_how_to_serve_adapters(tmp_path: Path) -> None:
     catalog = ExpertCatalog("base", [], str(tmp_path / "experts.json"), lora_enabled=False)
     ExpertRegistry(tmp_path / "experts.json").register(
         ExpertModel(name="late", adapter_path=str(_adapter(tmp_path)))

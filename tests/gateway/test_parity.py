@@ -41,8 +41,8 @@ def reference(real_model_dir: Path) -> Reference:
 
 def _default_engine(model_dir: Path, kind: str, *, adapters: bool) -> Any:
     """The engine serve builds for ``--model model_dir --engine kind`` and nothing else."""
-    from forge_gateway.app import engine_options
     from forge_gateway.config import load_config
+    from forge_gateway.engine_pool import engine_options
     from forge_gateway.engines import create_engine
 
     # environ={}: the suite's FORGE_ENGINE_ENFORCE_EAGER (tests/conftest.py) must not apply here;

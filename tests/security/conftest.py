@@ -43,7 +43,9 @@ class Gateway:
             store.close()
 
 
-@pytest_asyncio.fixture(scope="session", loop_scope="session")
+# One per module (a few seconds each, tiny model): a module never sees a gateway that an earlier
+# module's tests changed or that something else in this process stopped.
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def gw(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Gateway]:
     tmp = tmp_path_factory.mktemp("security")
     upstream = Upstream()

@@ -42,8 +42,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(tiny_model_dir, sft_file,
     full = train_sft(msgspec.convert({**base, "output_dir": str(tmp_path / "a")}, SFTConfig))
 
     interrupted = msgspec.convert({**base, "output_dir": str(tmp_path / "b")}, SFTConfig)
-    with pytest.raises(TrainingInterrupted) as info:
-        train_sft(interrupted, callbacks=[SignalAt(4)])  # the flag is seen at step 5's end
+    # The signal goes to the whole test process, where other tests' servers may live on an asyncio
+    # loop: its wakeup fd would hand them the SIGTERM too (uvicorn would shut down). Only the
+    # training's handler may see it here, as in forge-train's own process.
+    wakeup = signal.set_wakeup_fd(-1)
+    try:
+        with pytest.raises(TrainingInterrupted) as info:
+            train_sft(interrupted, callbacks=[SignalAt(4)])  # the flag is seen at step 5's end
+    finally:
+        signal.set_wakeup_fd(wakeup)
     assert info.value.checkpoint.endswith("checkpoint-5")
     assert info.value.message.startswith("stopped by SIGTERM at step 5")
     assert not (tmp_path / "b" / "adapter_model.safetensors").exists()  # no final model for a cut run

@@ -13,6 +13,7 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 from forge_sdk.config import env_layer, load_layered, read_config_file
+from forge_sdk.experts import check_keywords
 
 __all__ = [
     "BaseTrainingConfig",
@@ -97,7 +98,12 @@ class _MethodConfig(BaseTrainingConfig, kw_only=True):
     specialization: str = "general"
     """Domain label written to the registry entry when ``register`` is set."""
     keywords: list[str] = field(default_factory=list)
-    """Routing keywords written to the registry entry (the keyword classifier matches them)."""
+    """Routing keywords written to the registry entry (the keyword classifier matches them): at
+    most 512, each 1-64 printable characters (checked before training, not after)."""
+
+    def __post_init__(self) -> None:
+        check_keywords(self.keywords)
+
     priority: int = 0
     """Registry priority of the entry: higher wins when several experts match a query."""
 

@@ -16,7 +16,6 @@ import msgspec
 from litestar import Request, Response, delete, post
 
 from forge_gateway.api.views import expert_entry
-from forge_gateway.routing import LORA_OFF
 from forge_gateway.security.policy import ADMIN
 from forge_gateway.state import Gateway
 from forge_gateway.upstream.endpoints import check_endpoint
@@ -85,8 +84,8 @@ def _validate(gateway: Gateway, expert: ExpertModel) -> None:
             param="api_key_env",
         )
     if expert.kind == "adapter":
-        if not catalog.lora_enabled:
-            raise InvalidRequestError(LORA_OFF, param="adapter_path")
+        if catalog.lora_state == "disabled":  # "off": registering it turns LoRA on
+            raise InvalidRequestError(catalog.lora_off_reason, param="adapter_path")
         _check_adapter_folder(expert)
     if expert.kind == "standalone":
         if not catalog.standalone_enabled:
@@ -105,7 +104,8 @@ async def register_expert(request: Request[Any, Any, Any], gateway: Gateway) -> 
     """Register (or replace) an expert from an ``ExpertModel`` JSON body.
 
     An adapter expert's weights are loaded into the engine before it is registered, so a bad
-    adapter is a 400 and never reaches the catalog.
+    adapter is a 400 and never reaches the catalog (once LoRA is on: the first adapter of an
+    ``enable_lora = "auto"`` gateway turns it on, see :mod:`forge_gateway.lora_switch`).
     """
     expert = _decode_expert(await request.body())
     _validate(gateway, expert)
@@ -119,8 +119,10 @@ async def register_expert(request: Request[Any, Any, Any], gateway: Gateway) -> 
                 allow_link_local=router.upstream_allow_link_local,
             )
         )
-    if expert.kind == "adapter":
+    if expert.kind == "adapter" and gateway.engine.supports_lora:
         await _load(gateway, expert)
+    # With LoRA still off (enable_lora "auto"), registering it starts the LoRA engine, which loads
+    # it before serving (a bad adapter is then logged as lora_preload_failed, and refused per request).
     replaced = expert.name in gateway.catalog.experts
     gateway.catalog.register(expert)
     entry = expert_entry(gateway.catalog, expert)
@@ -157,7 +159,9 @@ def _adapter_expert(gateway: Gateway, name: str) -> ExpertModel:
             f"expert {name!r} is a {expert.kind} expert, not a LoRA adapter", param="name"
         )
     if not gateway.catalog.lora_enabled:
-        raise InvalidRequestError(LORA_OFF, param="name")
+        state = gateway.catalog.lora_state
+        why = gateway.catalog.lora_off_reason if state in ("disabled", "failed") else f"LoRA is {state}"
+        raise InvalidRequestError(why, param="name")
     return expert
 
 

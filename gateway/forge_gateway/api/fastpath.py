@@ -25,7 +25,7 @@ import structlog
 
 from forge_gateway.dispatch import CALL_KEY, Call, Dispatcher
 from forge_gateway.errors import internal_error, send_error
-from forge_gateway.routing import route_headers
+from forge_gateway.routing import route_header_pairs
 from forge_gateway.security.policy import POLICY_SCOPE_KEY
 from forge_sdk.errors import LargeForgeAIError
 
@@ -89,8 +89,7 @@ class RemoteFastPath:
         reply = await self.dispatcher.forward(call)
         if reply is None:
             return False
-        headers = [(b"content-type", reply.content_type.encode("latin-1"))]
-        headers += [(k.encode(), v.encode()) for k, v in route_headers(call.target).items()]
+        headers = [(b"content-type", reply.content_type.encode("latin-1")), *route_header_pairs(call.target)]
         if reply.stream is None:
             await send({"type": "http.response.start", "status": reply.status, "headers": headers})
             await send({"type": "http.response.body", "body": reply.body})

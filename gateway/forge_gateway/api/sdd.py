@@ -74,6 +74,7 @@ async def health(gateway: Gateway) -> Response[bytes]:
         # One entry per standalone expert's own engine; they do not make the gateway unhealthy
         # (requests for a failed one fall back or get a 503), so the status follows the base engine.
         "standalone_engines": await gateway.standalone.health(),
+        "lora": gateway.lora.status(),  # "starting" while a LoRA engine replaces the base engine
     }
     return _json(body, status=status)
 
@@ -97,6 +98,8 @@ def experts(gateway: Gateway) -> Response[bytes]:
             entry["status"] = gateway.upstreams.status(expert)
         elif expert.kind == "standalone":
             entry["status"] = gateway.standalone.status(expert.name)
+        elif expert.kind == "adapter":
+            entry["status"] = gateway.lora.expert_status()
         else:
             entry["status"] = {"state": "ok"}
         out.append(entry)

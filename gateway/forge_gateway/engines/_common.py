@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from forge_gateway.engines.base import Constraint, Engine, EngineRequest
+from forge_gateway.engines.compile_budget import check_constraint
 from forge_sdk.errors import (
     ContextLengthExceededError,
     EngineUnavailableError,
@@ -108,7 +109,8 @@ def check_request(
 
     Raises:
         EngineUnavailableError: the engine is not started.
-        InvalidRequestError: empty prompt, out-of-vocabulary ids or bad sampling values.
+        InvalidRequestError: empty prompt, out-of-vocabulary ids, bad sampling values, or an output
+            constraint over the compile budget's size limits.
         ContextLengthExceededError: prompt plus ``max_tokens`` exceed ``max_model_len``.
     """
     if not started:
@@ -125,6 +127,8 @@ def check_request(
         raise InvalidRequestError("temperature must be >= 0", param="temperature")
     if not 0 < s.top_p <= 1:
         raise InvalidRequestError("top_p must be in (0, 1]", param="top_p")
+    if s.constraint is not None:
+        check_constraint(s.constraint)  # size limits before any compile work (compile_budget)
     if len(ids) + s.max_tokens > max_model_len:
         raise ContextLengthExceededError(
             f"this model's maximum context length is {max_model_len} tokens; the prompt has {len(ids)} "

@@ -111,10 +111,17 @@ def sample_next(logits: torch.Tensor, seq: Seq) -> int:
         probs = probs.masked_fill(probs < s.min_p * probs.max(), 0.0)
     if s.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep the smallest prefix whose mass reaches top_p (always at least the top token).
+        # Keep the smallest prefix whose mass reaches top_p (always at least the top token, even
+        # when top_p * mass rounds to 0 in float32).
         drop = sorted_probs.cumsum(0) - sorted_probs >= s.top_p * sorted_probs.sum()
+        drop[0] = False
         sorted_probs[drop] = 0.0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+    if not bool(torch.isfinite(probs).all()) or not float(probs.sum()) > 0:
+        # Values the API refuses can still reach here from a plugin or a direct engine caller
+        # (a penalty that overflows float32, ...): degrade this sequence to greedy on its finite
+        # logits rather than raise, which would cost the step of every sequence in the batch.
+        return int(torch.argmax(torch.nan_to_num(row, nan=float("-inf"))))
     gen = seq.generator
     return int(torch.multinomial(probs.cpu(), 1, generator=gen))
 

@@ -28,6 +28,7 @@ from forge_sdk.errors import (
     EngineUnavailableError,
     InferenceError,
     InvalidRequestError,
+    LargeForgeAIError,
     ModelError,
     ModelNotFoundError,
 )
@@ -93,6 +94,7 @@ class TransformersEngine(HFTokenizerEngine):
         self._stopping = False
         self._loras: dict[int, LoraSpec] = {}  # loaded in PEFT, keyed by lora_id
         self._grammars: Any = None  # _tf_grammar.Grammars, built on the first constrained request
+        self._grammars_lock = threading.Lock()
         self.error: BaseException | None = None
 
     # -- life cycle -------------------------------------------------------------------------
@@ -130,6 +132,15 @@ class TransformersEngine(HFTokenizerEngine):
         )
         self._thread.start()
         log.info("engine_settings", **self.settings(), device=str(self._batch.device))
+        # The constraint compiler's process imports xgrammar (and torch) once, a few seconds: start
+        # it now, in the background, rather than on the first constrained request.
+        threading.Thread(target=self._warm_grammars, name="forge-grammar-warm", daemon=True).start()
+
+    def _warm_grammars(self) -> None:
+        try:
+            self._make_grammars().compiler.warm()
+        except Exception as exc:  # the first constrained request tries again and reports it
+            log.warning("grammar_compiler_warm_failed", error=str(exc) or type(exc).__name__)
 
     def _load(self) -> Any:
         import torch
@@ -169,7 +180,11 @@ class TransformersEngine(HFTokenizerEngine):
             self._stopping = True
             self._cond.notify_all()
         await asyncio.to_thread(thread.join)
-        self._thread = None
+        with self._grammars_lock:
+            self._thread = None
+            grammars, self._grammars = self._grammars, None
+        if grammars is not None:
+            grammars.compiler.close()
         self._batch = None
         self._loras.clear()
 
@@ -252,8 +267,10 @@ class TransformersEngine(HFTokenizerEngine):
         s = request.sampling
         matcher = None
         if s.constraint is not None:
-            # Compiling a schema can take a while: not on the event loop, not on the worker.
-            matcher = await asyncio.to_thread(self._matcher, s.constraint)
+            # Compiling a schema can take a while: within its budget, not on the event loop, not
+            # on the worker (compile_budget).
+            grammars = self._grammars or await asyncio.to_thread(self._make_grammars)
+            matcher = await grammars.matcher(s.constraint)
         seq = Seq(
             request=request,
             post=post,
@@ -289,13 +306,16 @@ class TransformersEngine(HFTokenizerEngine):
                 with contextlib.suppress(Exception):
                     await asyncio.shield(self._call(lambda: self._remove(request.request_id, notify=False)))
 
-    def _matcher(self, constraint: Any) -> Any:
+    def _make_grammars(self) -> Any:
         from forge_gateway.engines._tf_grammar import Grammars
 
-        if self._grammars is None:
-            assert self._vocab_size is not None
-            self._grammars = Grammars(self._require_tokenizer().hf, self._vocab_size, sorted(self._eos))
-        return self._grammars.matcher(constraint)
+        with self._grammars_lock:  # two first constrained requests at once build one
+            if self._thread is None:
+                raise EngineUnavailableError("the engine is not running")
+            if self._grammars is None:
+                assert self._vocab_size is not None
+                self._grammars = Grammars(self._require_tokenizer().hf, self._vocab_size, sorted(self._eos))
+            return self._grammars
 
     async def abort(self, request_id: str) -> None:
         """Take a request out of the batch; its stream ends with ``finish_reason="abort"``."""
@@ -434,41 +454,86 @@ class TransformersEngine(HFTokenizerEngine):
         self._batch.seqs, self._batch.cache, self._batch.mask = [], None, None
 
     def _step(self, new: list[Any]) -> None:
-        import torch
+        """One prefill (of ``new``) or one decode step; a failure is its own sequence's alone.
 
-        from forge_gateway.engines._tf_batch import position_logprobs, sample_next
-
+        A request's sampling values, grammar or prompt may make its own row fail (an exception, or
+        inf / NaN logits): that request gets the error, every other sequence of the batch carries on.
+        Only a decode forward pass that fails as a whole fails the whole batch (``_run``).
+        """
         batch = self._batch
         if new:
-            logits = batch.prefill(new)
+            try:
+                logits = batch.prefill(new)
+            except Exception as exc:  # the cache is untouched until the prefill succeeded
+                if len(new) == 1:
+                    self._fail(new[0], exc)
+                    return
+                for seq in new:  # which prompt broke it? each alone, so only that one fails
+                    self._step([seq])
+                return
             seqs = new
         elif batch.seqs:
             logits = batch.decode()
             seqs = batch.seqs
         else:
             return
+        import torch
+
         # Log-probs report the model's own distribution: taken before any constraint or penalty.
         raw = {
             i: torch.log_softmax(logits[i].float(), dim=-1)
             for i, seq in enumerate(seqs)
             if seq.request.sampling.logprobs is not None
         }
-        matchers = [seq.matcher for seq in seqs]
-        if any(m is not None for m in matchers):
-            self._grammars.mask(logits, matchers)
-        tokens = [sample_next(row, seq) for row, seq in zip(logits, seqs, strict=True)]
-        outputs = []
-        for i, (seq, token) in enumerate(zip(seqs, tokens, strict=True)):
-            output = self._advance(seq, token)
-            if i in raw:
-                output.logprobs = [position_logprobs(raw[i], token, seq.request.sampling.logprobs)]
-            if seq.prompt_logprobs is not None:
-                output.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
-            outputs.append(output)
+        failed = self._mask(logits, seqs)
+        outputs: list[EngineOutput | BaseException] = []
+        for i, seq in enumerate(seqs):
+            if i in failed:
+                seq.finished = True
+                outputs.append(_failure(failed[i]))
+                continue
+            try:
+                outputs.append(self._sample(seq, logits[i], raw.get(i)))
+            except Exception as exc:
+                seq.finished = True
+                outputs.append(_failure(exc))
         # Leave the batch before the final output is posted, so a caller that sees it also sees stats() drop.
         batch.drop_finished()
         for seq, output in zip(seqs, outputs, strict=True):
             seq.post(output)
+
+    def _fail(self, seq: Any, exc: BaseException) -> None:
+        seq.finished = True
+        seq.post(_failure(exc))
+
+    def _mask(self, logits: Any, seqs: list[Any]) -> dict[int, BaseException]:
+        """Apply every constrained row's grammar; rows whose matcher fails are returned, not raised."""
+        matchers = [seq.matcher for seq in seqs]
+        if all(m is None for m in matchers):
+            return {}
+        try:
+            self._grammars.mask(logits, matchers)
+            return {}
+        except Exception:  # find the row at fault: one at a time
+            failed: dict[int, BaseException] = {}
+            for i, m in enumerate(matchers):
+                if m is not None:
+                    try:
+                        self._grammars.mask(logits[i : i + 1], [m])
+                    except Exception as exc:
+                        failed[i] = exc
+            return failed
+
+    def _sample(self, seq: Any, row: Any, raw: Any) -> EngineOutput:
+        from forge_gateway.engines._tf_batch import position_logprobs, sample_next
+
+        token = sample_next(row, seq)
+        output = self._advance(seq, token)
+        if raw is not None:
+            output.logprobs = [position_logprobs(raw, token, seq.request.sampling.logprobs)]
+        if seq.prompt_logprobs is not None:
+            output.prompt_logprobs, seq.prompt_logprobs = seq.prompt_logprobs, None
+        return output
 
     def _advance(self, seq: Any, token: int) -> EngineOutput:
         s = seq.request.sampling
@@ -493,6 +558,13 @@ class TransformersEngine(HFTokenizerEngine):
         if reason is not None:
             seq.finished = True
         return self._final(seq, text, reason, [token])
+
+
+def _failure(exc: BaseException) -> BaseException:
+    """What one failed sequence's caller gets: request errors as they are, anything else as an InferenceError."""
+    if isinstance(exc, LargeForgeAIError):
+        return exc
+    return InferenceError(f"generation failed: {exc!r}")
 
 
 def _adapter_name(lora: LoraSpec) -> str:

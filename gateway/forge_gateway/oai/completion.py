@@ -33,12 +33,21 @@ _encode = msgspec.json.Encoder().encode
 
 
 def prompts_of(req: CompletionRequest) -> list[str | list[int]]:
-    """The request's prompts: text, or token ids."""
+    """The request's prompts: text, or token ids.
+
+    Raises:
+        InvalidRequestError: a list that mixes token ids with strings or id lists (the wire type
+            admits each element kind, not their mix).
+    """
     prompt = req.prompt
     if isinstance(prompt, str):
         return [prompt]
-    if prompt and isinstance(prompt[0], int):
+    if all(isinstance(p, int) for p in prompt):
         return [list(prompt)]  # type: ignore[arg-type]
+    if any(isinstance(p, int) for p in prompt):
+        raise InvalidRequestError(
+            "prompt mixes token ids with strings or token-id lists; send one kind", param="prompt"
+        )
     return list(prompt)  # type: ignore[arg-type]
 
 

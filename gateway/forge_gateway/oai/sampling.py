@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from forge_gateway.engines.base import Constraint
+from forge_gateway.engines.compile_budget import DEFAULT_BUDGET, check_constraint
 from forge_sdk.errors import InvalidRequestError
 from forge_sdk.types import (
     ChatCompletionRequest,
@@ -54,7 +55,8 @@ def sampling_fields(req: ChatCompletionRequest | CompletionRequest, vocab_size: 
     ):
         raise InvalidRequestError("stop_token_ids holds an id outside the vocabulary", param="stop_token_ids")
     fields: dict[str, Any] = {
-        "top_k": 0 if req.top_k in (None, -1) else req.top_k,
+        # A top_k at or above the vocabulary keeps every token: say so with 0 (the engines' "all").
+        "top_k": 0 if req.top_k in (None, -1) or (vocab_size and req.top_k >= vocab_size) else req.top_k,
         "min_p": req.min_p or 0.0,
         "repetition_penalty": req.repetition_penalty or 1.0,
         "min_tokens": req.min_tokens,
@@ -83,10 +85,17 @@ def sampling_fields(req: ChatCompletionRequest | CompletionRequest, vocab_size: 
 
 def _schema(value: dict[str, Any] | str, param: str) -> dict[str, Any]:
     if isinstance(value, str):
+        if len(value) > DEFAULT_BUDGET.max_bytes:  # before parsing: the budget's size limit
+            raise InvalidRequestError(
+                f"{param} is too large to compile: more than {DEFAULT_BUDGET.max_bytes} bytes",
+                param=param,
+                code="constraint_too_large",
+            )
         try:
             value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise InvalidRequestError(f"{param} is not valid JSON: {exc}", param=param) from exc
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, and nesting past the stack
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise InvalidRequestError(f"{param} is not valid JSON: {reason}", param=param) from None
     if not isinstance(value, dict):
         raise InvalidRequestError(f"{param} must be a JSON schema object", param=param)
     return value
@@ -153,7 +162,11 @@ def request_constraint(req: ChatCompletionRequest | CompletionRequest) -> Constr
         elif isinstance(fmt, ResponseFormatJsonSchema):
             spec = fmt.json_schema
             schema = spec.schema if spec.schema is not None else {"type": "object"}
-            found.append(("response_format", Constraint("json", _strict(schema) if spec.strict else schema)))
+            if spec.strict:
+                # Size limits first: the strict conversion recurses, so its depth must be bounded.
+                check_constraint(Constraint("json", schema, param="response_format"))
+                schema = _strict(schema)
+            found.append(("response_format", Constraint("json", schema)))
     if len(found) > 1:
         raise InvalidRequestError(
             f"only one output constraint may be given, got {', '.join(name for name, _ in found)}",
@@ -165,4 +178,6 @@ def request_constraint(req: ChatCompletionRequest | CompletionRequest) -> Constr
     if not found:
         return None
     name, constraint = found[0]
-    return replace(constraint, param=name)
+    constraint = replace(constraint, param=name)
+    check_constraint(constraint)  # a 400 now, before the request reaches an engine
+    return constraint

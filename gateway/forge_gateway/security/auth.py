@@ -10,9 +10,13 @@ When a refresh cannot reach the store (a PostgreSQL outage), the gateway fails c
 requests get 503 ``key_store_unavailable`` (a revocation could be going unseen) until a refresh
 succeeds again; nothing needs a restart.
 
-"No keys configured" means: no *active* (unrevoked) key in the store. Then the gateway is open
-(dev mode) when it listens on a loopback address or ``auth.allow_open`` is set; otherwise every
-request except ``/health`` gets 401, so revoking the last key never opens a public gateway.
+Open mode (no key needed) is decided once, at start-up: the gateway is open when the key store,
+read at start, holds no *active* (unrevoked) key and open mode is allowed (a loopback host, or
+``auth.allow_open``); the start-up log says so loudly. It closes for good the moment a key exists
+(created here or by another process). It never opens at run time: revoking the last key leaves a
+gateway that needs a key nobody has (every request except ``/health`` gets 401), because a gateway
+on 127.0.0.1 behind a reverse proxy on the same host is a common production set-up, and "the last
+key was revoked" must not mean "everyone is let in". Restart it to serve openly again.
 """
 
 from __future__ import annotations
@@ -62,6 +66,9 @@ class Authenticator:
         self._task: asyncio.Task[None] | None = None
         self._store_error: str | None = _NOT_LOADED
         """Why the last refresh failed (or none ran yet); while set, keyed requests get 503."""
+        self._open_mode = False
+        """Decided in :meth:`start` (no active key then, and open allowed); cleared for good once
+        any key is seen, never set again."""
 
     def _fail(self, exc: BaseException) -> None:
         message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -76,8 +83,8 @@ class Authenticator:
 
     @property
     def open(self) -> bool:
-        """True when requests need no key (no active key, and open mode is allowed)."""
-        return not self._keys and self.open_allowed and self._store_error is None
+        """True when requests need no key: open mode decided at start, and no key seen since."""
+        return self._open_mode and not self._keys and self._store_error is None
 
     @property
     def active_keys(self) -> int:
@@ -87,6 +94,8 @@ class Authenticator:
         """Re-read the active keys (at start, on a version change, after a create here)."""
         version = await self.store.version()
         keys = {k.id: k for k in await self.store.keys(include_revoked=False)}
+        if keys:
+            self._open_mode = False  # for good: a gateway that has had keys never opens again
         # One assignment: request handlers see either the old or the new dict, never a mix.
         self._keys = keys
         self._version = version
@@ -128,6 +137,9 @@ class Authenticator:
             await self.reload()
         except Exception as exc:  # the refresh loop keeps trying; until then, fail closed
             self._fail(exc)
+        else:
+            # The one place open mode is decided. A store unreadable at start never opens later.
+            self._open_mode = self.open_allowed and not self._keys
         if self._task is None:
             self._task = asyncio.create_task(self._refresh_loop(), name="forge-auth-refresh")
 
@@ -140,6 +152,7 @@ class Authenticator:
 
     async def _refresh_loop(self) -> None:
         was_open = self.open
+        had_keys = bool(self._keys)
         while True:
             await asyncio.sleep(self.refresh_interval)
             try:
@@ -149,7 +162,13 @@ class Authenticator:
                     log.info("api_keys_reloaded", active_keys=len(self._keys), version=version)
             except Exception as exc:  # fail closed until the store answers again; never kill the loop
                 self._fail(exc)
-            if self.open != was_open:
-                was_open = self.open
-                if was_open:
-                    log.warning("auth_open", reason="no active API keys; serving without authentication")
+            if was_open and self._keys:
+                was_open = False
+                log.warning("auth_closed", reason="an API key exists; open mode has ended until a restart")
+            if had_keys and not self._keys and self._store_error is None:
+                log.warning(
+                    "auth_no_active_keys",
+                    reason="the last API key was revoked; every request still needs a key "
+                    "(open mode is decided at start-up only)",
+                )
+            had_keys = bool(self._keys)

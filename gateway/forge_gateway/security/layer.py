@@ -132,7 +132,11 @@ class SecurityLayer:
         )
         self.open_admin = loopback
         """Admin routes are open in dev mode only on loopback (never on a public allow_open host)."""
-        self.ledger = UsageLedger(self.store, flush_interval=config.auth.usage_flush_interval)
+        self.ledger = UsageLedger(
+            self.store,
+            flush_interval=config.auth.usage_flush_interval,
+            max_pending=config.auth.usage_flush_max_requests,
+        )
         rl = config.rate_limit
         self.backend: RateLimitBackend = (
             RedisBackend(rl.redis_url, timeout=rl.redis_timeout) if rl.backend == "redis" else MemoryBackend()
@@ -159,11 +163,18 @@ class SecurityLayer:
         await self.store.open()
         await self.authenticator.start()
         await self.ledger.start()
-        if self.authenticator.open:
+        if self.authenticator.open:  # decided now, once: it never opens later (see auth.py)
             log.warning(
                 "auth_open",
-                reason="no active API keys; serving without authentication (dev mode)",
+                reason="no active API keys at start-up: serving WITHOUT AUTHENTICATION (dev mode) until a "
+                "key is created; once one exists, open mode ends until a restart",
                 key_store=self.store.location,
+                host=self.config.host,
+                allow_open=self.config.auth.allow_open,
+            )
+        else:
+            log.info(
+                "auth_required", key_store=self.store.location, active_keys=self.authenticator.active_keys
             )
 
     async def stop(self) -> None:

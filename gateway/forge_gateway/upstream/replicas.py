@@ -9,7 +9,13 @@ gateway replicas all see the same "emptiest" server.
 
 A cooling replica is probed (``GET <endpoint>/models``) every ``router.health_check_interval``
 seconds; any HTTP answer below 500 ends its cooldown, so traffic returns as soon as the server is
-back rather than after the full ``cooldown_s``.
+back rather than after the full ``cooldown_s``. A probe that fails (no answer, or a 5xx) keeps the
+replica out even once its cooldown has run out: traffic returns on the first good probe, not on a
+timer while the server is still down.
+
+A failure episode (threshold reached, until a success or a good probe) is logged once
+(``replica_cooldown``) and starts one cooldown: requests that were already in flight and fail
+during it neither log again nor push its end further out.
 """
 
 from __future__ import annotations
@@ -44,9 +50,13 @@ class ReplicaState:
     last_error: str | None = None
     requests: int = 0
     failures: int = 0
+    probe_failing: bool = False
+    """The last health probe failed: no traffic, whatever the cooldown says, until one succeeds."""
+    in_episode: bool = False
+    """A failure episode is under way (logged once; ends on a success or a good probe)."""
 
     def available(self, now: float) -> bool:
-        return now >= self.cooldown_until
+        return now >= self.cooldown_until and not self.probe_failing
 
     def release(self) -> None:
         """One request to this replica ended."""
@@ -59,7 +69,8 @@ class ReplicaState:
             "state": "cooldown" if cooling else "ok",
             "outstanding": self.outstanding,
             "consecutive_failures": self.consecutive_failures,
-            "cooldown_remaining_s": round(self.cooldown_until - now, 2) if cooling else 0.0,
+            "cooldown_remaining_s": round(max(0.0, self.cooldown_until - now), 2) if cooling else 0.0,
+            "probe_failing": self.probe_failing,
             "last_error": self.last_error,
             "requests": self.requests,
             "failures": self.failures,
@@ -101,21 +112,39 @@ class ReplicaSet:
         return min(candidates, key=lambda s: (s.outstanding, random.random()))
 
     def failed(self, replica: ReplicaState, error: str, expert: str) -> None:
-        """Count one failed request on ``replica``; cool it down at the threshold."""
+        """Count one failed request on ``replica``; cool it down at the threshold, once per episode."""
         replica.consecutive_failures += 1
         replica.failures += 1
         replica.last_error = error
+        now = time.monotonic()
+        if not replica.available(now):
+            return  # sent before the cooldown began: the episode is already counted and timed
         if replica.consecutive_failures >= self.failure_threshold:
-            replica.cooldown_until = time.monotonic() + self.cooldown_s
-            log.warning(
-                "replica_cooldown", expert=expert, endpoint=replica.url, seconds=self.cooldown_s, error=error
-            )
+            # Out of cooldown and failing again (a trial after it ran out): cool down again.
+            replica.cooldown_until = now + self.cooldown_s
+            if not replica.in_episode:
+                replica.in_episode = True
+                log.warning(
+                    "replica_cooldown",
+                    expert=expert,
+                    endpoint=replica.url,
+                    seconds=self.cooldown_s,
+                    error=error,
+                )
 
     @staticmethod
     def succeeded(replica: ReplicaState) -> None:
-        if replica.consecutive_failures or replica.cooldown_until:
+        """A request (or a health probe) succeeded: the failure episode is over."""
+        if (
+            replica.consecutive_failures
+            or replica.cooldown_until
+            or replica.probe_failing
+            or replica.in_episode
+        ):
             replica.consecutive_failures = 0
             replica.cooldown_until = 0.0
+            replica.probe_failing = False
+            replica.in_episode = False
 
     def status(self, now: float) -> dict[str, Any]:
         """The expert's state for ``/experts``: cooling only when every replica is."""
@@ -124,7 +153,7 @@ class ReplicaSet:
         return {
             "state": "cooldown" if cooling else "ok",
             "consecutive_failures": min(s.consecutive_failures for s in self.states),
-            "cooldown_remaining_s": round(min(s.cooldown_until for s in self.states) - now, 2)
+            "cooldown_remaining_s": round(max(0.0, min(s.cooldown_until for s in self.states) - now), 2)
             if cooling
             else 0.0,
             "last_error": next((s.last_error for s in self.states if s.last_error), None),
@@ -181,9 +210,12 @@ class HealthProber:
             headers["authorization"] = f"Bearer {key}"
         try:
             resp = await client.get(join_endpoint(replica.url, "models"), headers=headers)
-        except Exception:  # still down (connect error, timeout, garbage): keep the cooldown
+        except Exception:  # still down (connect error, timeout, garbage): keep it out
+            replica.probe_failing = True
             return
-        if resp.status_code < 500:
+        if resp.status_code >= 500:
+            replica.probe_failing = True
+        else:
             log.info("replica_recovered", expert=expert.name, endpoint=replica.url, status=resp.status_code)
             ReplicaSet.succeeded(replica)
 

@@ -30,8 +30,17 @@ __all__ = [
     "StructuredOutputs",
 ]
 
-PositiveInt = Annotated[int, Meta(ge=1)]
 Bias = Annotated[float, Meta(ge=-100.0, le=100.0)]
+Int32 = Annotated[int, Meta(ge=0, le=2**31 - 1)]
+"""Counts the engines keep in 32-bit tensors: a larger value is a 400 here, not an overflow in a
+batch that other requests share."""
+MAX_LOGIT_BIAS = 1024
+"""Most ``logit_bias`` entries (OpenAI documents no cap; a bounded one keeps per-step work small)."""
+MAX_STOP_TOKEN_IDS = 256
+"""Most ``stop_token_ids``."""
+MIN_REPETITION_PENALTY = 0.01
+"""Smallest ``repetition_penalty``: it divides logits, and below this a float32 division overflows
+to inf (``5e-324`` rounds to 0 in float32), which poisons the whole distribution."""
 
 
 class StreamOptions(Struct, forbid_unknown_fields=True):
@@ -65,7 +74,7 @@ class _SamplingFields(Struct, forbid_unknown_fields=True, kw_only=True):
 
     model: str
     """A served model or expert name, or ``"auto"`` to let the router choose."""
-    max_tokens: Annotated[int, Meta(ge=0)] | None = None
+    max_tokens: Int32 | None = None
     """Most tokens to generate (default: what the context leaves, capped by the server); 0 only
     with ``echo`` on text completions (score the prompt, generate nothing)."""
     temperature: Annotated[float, Meta(ge=0.0, le=2.0)] | None = None
@@ -76,8 +85,8 @@ class _SamplingFields(Struct, forbid_unknown_fields=True, kw_only=True):
     """How many choices to generate."""
     stop: str | Annotated[list[str], Meta(max_length=16)] | None = None
     """Strings that end generation (not included in the output unless ``include_stop_str_in_output``)."""
-    seed: int | None = None
-    """Seed for reproducible sampling."""
+    seed: Annotated[int, Meta(ge=-(2**63), le=2**63 - 1)] | None = None
+    """Seed for reproducible sampling (a 64-bit signed integer)."""
     stream: bool | None = False
     """Stream Server-Sent Events."""
     stream_options: StreamOptions | None = None
@@ -86,21 +95,21 @@ class _SamplingFields(Struct, forbid_unknown_fields=True, kw_only=True):
     """Penalty for tokens already present."""
     frequency_penalty: Annotated[float, Meta(ge=-2.0, le=2.0)] | None = None
     """Penalty proportional to token frequency."""
-    logit_bias: dict[str, Bias] | None = None
-    """Token id (as a string) -> bias in [-100, 100] added to its logit."""
+    logit_bias: Annotated[dict[str, Bias], Meta(max_length=MAX_LOGIT_BIAS)] | None = None
+    """Token id (as a string) -> bias in [-100, 100] added to its logit (at most 1024 entries)."""
     user: str | None = None
     """End-user id (logs only)."""
     # -- vLLM extensions (``extra_body``) --
-    top_k: Annotated[int, Meta(ge=-1)] | None = None
-    """Sample among the k most likely tokens (0 or -1: all)."""
+    top_k: Annotated[int, Meta(ge=-1, le=2**31 - 1)] | None = None
+    """Sample among the k most likely tokens (0 or -1: all; more than the vocabulary: all)."""
     min_p: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
     """Drop tokens less likely than ``min_p`` times the most likely one."""
-    repetition_penalty: Annotated[float, Meta(gt=0.0, le=2.0)] | None = None
-    """Divide positive (multiply negative) logits of tokens already seen (1: off)."""
-    min_tokens: Annotated[int, Meta(ge=0)] = 0
+    repetition_penalty: Annotated[float, Meta(ge=MIN_REPETITION_PENALTY, le=2.0)] | None = None
+    """Divide positive (multiply negative) logits of tokens already seen (1: off; 0.01 to 2)."""
+    min_tokens: Int32 = 0
     """End-of-sequence and stop strings are ignored until this many tokens are generated."""
-    stop_token_ids: list[int] | None = None
-    """Token ids that also end generation."""
+    stop_token_ids: Annotated[list[Int32], Meta(max_length=MAX_STOP_TOKEN_IDS)] | None = None
+    """Token ids that also end generation (at most 256)."""
     skip_special_tokens: bool = True
     """Leave special tokens out of the text."""
     include_stop_str_in_output: bool = False
@@ -124,7 +133,7 @@ class ChatCompletionRequest(_SamplingFields, kw_only=True):
 
     messages: Annotated[list[ChatMessage], Meta(min_length=1)]
     """The conversation so far."""
-    max_completion_tokens: PositiveInt | None = None
+    max_completion_tokens: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
     """Newer name of ``max_tokens``; wins when both are given."""
     logprobs: bool | None = None
     """Return the log-probability of each output token."""
@@ -184,7 +193,7 @@ class CompletionRequest(_SamplingFields, kw_only=True):
     """Prepend the prompt to the completion (and, with ``logprobs``, score the prompt too)."""
     logprobs: Annotated[int, Meta(ge=0, le=20)] | None = None
     """Return log-probs of each token and of this many most likely alternatives."""
-    best_of: PositiveInt | None = None
+    best_of: Annotated[int, Meta(ge=1, le=2**31 - 1)] | None = None
     """Server-side candidates; only ``best_of == n`` (or absent) is served."""
     suffix: str | None = None
     """Text after the completion (insertion); not served unless empty."""
