@@ -44,7 +44,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
 def test_the_transformers_engine_passes_on_the_tiny_model(tiny_model_dir: Path, tmp_path: Path) -> None:
     result = _check("--model", str(tiny_model_dir), "--engine", "transformers", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "parity of transformers (float32, eager, LoRA off)" in result.stdout
+    assert "parity of transformers (float32, eager, LoRA on)" in result.stdout
     assert "PASS: 8/8 prompts identical" in result.stdout
 
 
@@ -54,7 +54,7 @@ def test_a_configuration_with_wrong_answers_fails(real_model_dir: Path, tmp_path
     "What is the capital of France?"; the check names it and exits 1."""
     result = _check("--model", REAL_MODEL, "--engine", "transformers", "--dtype", "bfloat16", cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr[-3000:]
-    assert "parity of transformers (bfloat16, eager, LoRA off)" in result.stdout
+    assert "parity of transformers (bfloat16, eager, LoRA on)" in result.stdout
     assert "FAIL:" in result.stdout and "(WRONG)" in result.stdout
     assert "reference: 'The capital of France is Paris.'" in result.stdout
 
