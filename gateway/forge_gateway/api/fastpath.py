@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from forge_gateway.asgi import replay_body
 from forge_gateway.dispatch import CALL_KEY, Call, Dispatcher
 from forge_gateway.errors import internal_error, send_error
 from forge_gateway.routing import route_header_pairs
@@ -72,7 +73,7 @@ class RemoteFastPath:
                 if await self._proxy(call, receive, tracked):
                     return
             scope.setdefault("state", {})[CALL_KEY] = call
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
         except LargeForgeAIError as exc:
             if started:
                 raise
@@ -109,19 +110,6 @@ async def _read_body(receive: Any) -> bytes:
         message = await receive()
         parts.append(message.get("body", b""))
     return b"".join(parts)
-
-
-def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[Any]]:
-    sent = False
-
-    async def replay() -> Any:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 async def _relay_stream(

@@ -18,12 +18,12 @@ import asyncio
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
 
+from forge_gateway.asgi import replay_body
 from forge_gateway.errors import send_error
 from forge_gateway.security.auth import is_loopback
 from forge_gateway.security.context import RequestContext, current_request
@@ -74,19 +74,6 @@ def _loopback_host(hostport: str) -> bool:
     if host.startswith("[") and "]" in host:
         host = host[1 : host.index("]")]
     return is_loopback(host.lower())
-
-
-def _replay(body: bytes, receive: Any) -> Callable[[], Awaitable[Any]]:
-    sent = False
-
-    async def replay() -> Any:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 class SecurityMiddleware:
@@ -157,7 +144,7 @@ class SecurityMiddleware:
                 if method in _BODY_METHODS:
                     # The one place the body-size limit (and deadline) is enforced, for every route.
                     body = await self._read_body(receive, seen.get(b"content-length"))
-                    receive = _replay(body, receive)
+                    receive = replay_body(body, receive)
                 if policy.generation and method == "POST":
                     await layer.admission.acquire()
                     admitted = True
