@@ -14,7 +14,7 @@ run). Non-streaming and streaming. Needs ``wrk`` (``apt-get install -y wrk``) an
 
     python tests/performance/bench_proxy.py [--duration 5] [--gateway-core 0] [--load-core 1]
 
-``--baseline DIR`` (another checkout of this repository, e.g. ``git worktree add /tmp/base main``)
+``--baseline DIR`` (another checkout of this repository, e.g. ``git worktree add ../base main``)
 also runs that checkout's gateway, ``open@base`` and ``auth@base``, interleaved with this one's in
 the same run: on a shared machine only a same-run comparison says whether a change is faster.
 """
